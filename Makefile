@@ -1,0 +1,37 @@
+# careplan-fhir: the two commands of the README, and the checks CI runs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+DB     ?= sqlite:///./careplan.db
+
+.PHONY: serve test lint check bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## Serve the FHIR API on http://$(HOST):$(PORT)/fhir with the examples loaded (embedded SQLite).
+serve: $(STAMP)
+	$(BIN)/careplan-fhir serve --host $(HOST) --port $(PORT) --database-url $(DB) --examples examples
+
+## Run the whole test suite (PostgreSQL tests run when CAREPLAN_TEST_POSTGRES_URL is set).
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+check: lint test
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) careplan.db careplan.db-shm careplan.db-wal

@@ -1,0 +1,105 @@
+"""``create_app(settings)``: the ASGI application. Nothing happens at import time."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+
+import orjson
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from careplan_fhir import __version__
+from careplan_fhir.fhir.dates import utc_now
+from careplan_fhir.fhir.outcome import issue, operation_outcome
+from careplan_fhir.rest.batch_transaction import batch_or_transaction
+from careplan_fhir.rest.context import Services
+from careplan_fhir.rest.errors import install_error_handlers
+from careplan_fhir.rest.router import fhir_router
+from careplan_fhir.settings import Settings
+from careplan_fhir.storage.db import make_engine
+
+
+def new_resource_id() -> str:
+    """A server-assigned logical id (FHIR ids: up to 64 of [A-Za-z0-9-.])."""
+    return str(uuid.uuid4())
+
+
+class LoadShedder:
+    """Answer 503 at once when too many requests are in flight, instead of queueing them.
+
+    A stalled server is worse than a refused request: clients retry a 503 (with Retry-After)
+    but time out on a queue.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+        self._body = orjson.dumps(
+            operation_outcome([issue("Server busy; retry shortly", code="transient")])
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [
+                        (b"content-type", b"application/fhir+json;charset=utf-8"),
+                        (b"retry-after", b"1"),
+                        (b"content-length", str(len(self._body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": self._body})
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    now: Callable[[], datetime] = utc_now,
+    new_id: Callable[[], str] = new_resource_id,
+) -> FastAPI:
+    """Build the application for ``settings`` (the database must already be migrated)."""
+    settings = settings or Settings()
+    engine = make_engine(settings.database_url, echo=settings.echo_sql)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="careplan-fhir",
+        version=__version__,
+        description="FHIR R4 care-plan module. The FHIR base is /fhir.",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.services = Services(settings=settings, engine=engine, now=now, new_id=new_id)
+    install_error_handlers(app)
+    app.include_router(fhir_router(), prefix="/fhir")
+    # The base URL itself (no trailing slash) takes batch and transaction Bundles too.
+    app.add_api_route("/fhir", batch_or_transaction, methods=["POST"], include_in_schema=False)
+    app.add_middleware(LoadShedder, limit=settings.max_in_flight)
+
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for ``uvicorn --factory``: settings from ``CAREPLAN_*`` variables, read now."""
+    return create_app(Settings())

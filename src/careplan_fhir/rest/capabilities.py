@@ -1,0 +1,129 @@
+"""capabilities (https://hl7.org/fhir/R4/http.html#capabilities): ``GET /metadata``.
+
+Generated from what is registered: the served types, their search parameters (from the same
+table the indexer uses), their reference parameters as includes, and the interactions wired
+in :mod:`careplan_fhir.rest.router`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from careplan_fhir import __version__
+from careplan_fhir.fhir.models import SERVED_TYPES
+from careplan_fhir.fhir.search_parameters import SPECIAL_PARAMETERS, parameters_for
+
+from .context import ContextDep
+
+router = APIRouter()
+
+PROJECT_CANONICAL = "https://careplan-fhir.org/fhir"
+
+TYPE_INTERACTIONS = (
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+)
+SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
+
+#: Reverse includes clients of care plans ask for; any reference parameter works the same way.
+REVINCLUDES = (
+    "Provenance:target",
+    "Task:based-on",
+    "Communication:based-on",
+    "Goal:subject",
+    "Task:focus",
+)
+
+
+def _search_params(resource_type: str) -> list[dict[str, Any]]:
+    entries = [
+        {
+            "name": name,
+            "type": kind,
+            "documentation": "Logical id" if name == "_id" else "When the resource last changed",
+        }
+        for name, kind in SPECIAL_PARAMETERS.items()
+    ]
+    for param in parameters_for(resource_type).values():
+        entry: dict[str, Any] = {
+            "name": param.name,
+            "type": param.type,
+            "documentation": f"Expression: {param.expression}",
+        }
+        if param.custom:
+            entry["definition"] = (
+                f"{PROJECT_CANONICAL}/SearchParameter/{resource_type}-{param.name}"
+            )
+        entries.append(entry)
+    return entries
+
+
+@functools.cache
+def _resources() -> list[dict[str, Any]]:
+    resources = []
+    for resource_type in SERVED_TYPES:
+        params = parameters_for(resource_type)
+        resources.append(
+            {
+                "type": resource_type,
+                "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+                "versioning": "versioned-update",
+                "readHistory": True,
+                "updateCreate": True,
+                "conditionalCreate": True,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": True,
+                "conditionalDelete": "single",
+                "searchInclude": sorted(
+                    [f"{resource_type}:{p.name}" for p in params.values() if p.type == "reference"]
+                    + [f"{resource_type}:*"]
+                ),
+                "searchRevInclude": list(REVINCLUDES),
+                "searchParam": _search_params(resource_type),
+            }
+        )
+    return resources
+
+
+def capability_statement(base_url: str) -> dict[str, Any]:
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-24",
+        "publisher": "careplan-fhir",
+        "kind": "instance",
+        "software": {"name": "careplan-fhir", "version": __version__},
+        "implementation": {"description": "careplan-fhir FHIR R4 server", "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "application/fhir+xml", "json", "xml"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "Search: token, reference, date, string, uri and quantity parameters with"
+                    " OR (commas) and AND (repeats); _include/_revinclude (with :iterate) on"
+                    " any reference parameter; _sort, _count, _summary, _elements, _total;"
+                    " unknown parameters are ignored unless Prefer: handling=strict."
+                ),
+                "resource": _resources(),
+                "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+            }
+        ],
+    }
+
+
+@router.get("/metadata", summary="capabilities")
+def metadata(ctx: ContextDep) -> Response:
+    return ctx.respond(capability_statement(ctx.base_url))

@@ -1,0 +1,217 @@
+"""What each interaction needs: the session, the repository, the base URL and the preferences."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+from fastapi import Depends, Request
+from fastapi.responses import Response
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from careplan_fhir.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    PreconditionFailed,
+    ResourceNotFound,
+    UnsupportedMediaType,
+)
+from careplan_fhir.fhir import jsonio
+from careplan_fhir.fhir.models import SERVED_TYPES, resource_from_xml, validate_resource
+from careplan_fhir.settings import Settings
+from careplan_fhir.storage.db import begin_write
+from careplan_fhir.storage.repository import Repository, StoredResource, parse_version_tag
+from careplan_fhir.storage.search import parse_search, run_search
+
+from .formats import FHIR_JSON, FHIR_XML, render_response
+
+SERVED = frozenset(SERVED_TYPES)
+
+
+@dataclass
+class Services:
+    """Process-wide objects, created by ``create_app`` and kept in ``app.state``."""
+
+    settings: Settings
+    engine: Engine
+    now: Callable[[], datetime]
+    new_id: Callable[[], str]
+
+
+@dataclass
+class FhirContext:
+    """One request's view of the server."""
+
+    request: Request
+    session: Session
+    repository: Repository
+    services: Services
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def base_url(self) -> str:
+        configured = self.services.settings.base_url
+        if configured:
+            return configured.rstrip("/")
+        return str(self.request.base_url).rstrip("/") + "/fhir"
+
+    def header(self, name: str) -> str | None:
+        return self.request.headers.get(name)
+
+    def prefer(self, key: str) -> str | None:
+        """A token of the ``Prefer`` header (RFC 7240), e.g. ``return`` or ``handling``."""
+        for part in (self.header("prefer") or "").split(","):
+            name, _, value = part.strip().partition("=")
+            if name.strip().lower() == key:
+                return value.strip().strip('"').lower()
+        return None
+
+    def begin_write(self) -> None:
+        begin_write(self.session)
+
+    def url_of(self, stored: StoredResource, *, versioned: bool = False) -> str:
+        url = f"{self.base_url}/{stored.resource_type}/{stored.id}"
+        return f"{url}/_history/{stored.version}" if versioned else url
+
+    def respond(
+        self,
+        content: bytes | dict[str, Any] | None,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        return render_response(self.request, content, status, headers)
+
+
+def _session(request: Request) -> Iterator[Session]:
+    services: Services = request.app.state.services
+    with Session(services.engine) as session:
+        yield session
+
+
+def _context(request: Request, session: Annotated[Session, Depends(_session)]) -> FhirContext:
+    services: Services = request.app.state.services
+    repository = Repository(session, now=services.now, new_id=services.new_id)
+    return FhirContext(request, session, repository, services)
+
+
+ContextDep = Annotated[FhirContext, Depends(_context)]
+
+
+def check_type(resource_type: str) -> str:
+    """404 unless the server serves ``resource_type``."""
+    if resource_type not in SERVED:
+        raise ResourceNotFound(
+            f"Resource type {resource_type!r} is not served here; served types: "
+            + ", ".join(sorted(SERVED))
+        )
+    return resource_type
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused with 413 when over the configured limit."""
+    services: Services = request.app.state.services
+    limit = services.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+BodyDep = Annotated[bytes, Depends(read_body)]
+
+_JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir"}
+_XML_TYPES = {"application/fhir+xml", "application/xml", "text/xml", "application/xml+fhir"}
+
+
+def body_format(content_type: str | None) -> str:
+    """FHIR_JSON or FHIR_XML for a request ``Content-Type``; 415 for anything else."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media in _JSON_TYPES or media == "":
+        return FHIR_JSON
+    if media in _XML_TYPES:
+        return FHIR_XML
+    raise UnsupportedMediaType(
+        f"Content-Type {content_type!r} is not supported; send application/fhir+json"
+        " or application/fhir+xml"
+    )
+
+
+def parse_document(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """Parse a request body as a FHIR resource (JSON or XML), without validating it."""
+    media = body_format(content_type)
+    if not body.strip():
+        raise InvalidRequest("The request body is empty; a FHIR resource is expected")
+    if media == FHIR_XML:
+        return resource_from_xml(body)
+    try:
+        document = jsonio.loads(body)
+    except jsonio.JsonError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("The request body is not a JSON object")
+    return document
+
+
+def check_resource(
+    document: dict[str, Any], resource_type: str, resource_id: str | None = None
+) -> dict[str, Any]:
+    """Check type and id against the URL, then validate (422 with every issue found)."""
+    if document.get("resourceType") != resource_type:
+        raise InvalidRequest(
+            f"resourceType {document.get('resourceType')!r} does not match the URL's"
+            f" {resource_type!r}"
+        )
+    if resource_id is not None:
+        body_id = document.get("id")
+        if body_id is None:
+            raise InvalidRequest("An update must carry the resource id in its body")
+        if body_id != resource_id:
+            raise InvalidRequest(
+                f"The id in the body ({body_id!r}) differs from the id in the URL ({resource_id!r})"
+            )
+    validate_resource(document)
+    return document
+
+
+def if_match_version(ctx: FhirContext) -> int | None:
+    value = ctx.header("if-match")
+    return parse_version_tag(value) if value else None
+
+
+def find_by_criteria(
+    ctx: FhirContext, resource_type: str, query: str, *, limit: int = 2
+) -> list[StoredResource]:
+    """Resources matching a conditional interaction's criteria (at most ``limit``)."""
+    params = parse_qsl(query.lstrip("?"), keep_blank_values=True)
+    if not params:
+        raise PreconditionFailed("Conditional interaction without search criteria")
+    request = parse_search(
+        resource_type, params, base_url=ctx.base_url, default_count=limit, strict=True
+    )
+    request.count = limit
+    request.total = "none"
+    return run_search(ctx.repository, request).matches
+
+
+def resource_headers(ctx: FhirContext, stored: StoredResource) -> dict[str, str]:
+    """ETag, Last-Modified and Content-Location of a stored version."""
+    from email.utils import format_datetime
+
+    return {
+        "ETag": stored.etag,
+        "Last-Modified": format_datetime(stored.last_updated_aware, usegmt=True),
+    }

@@ -1,0 +1,37 @@
+"""The route table of the FHIR facade, in matching order (fixed paths before ``{id}``)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from . import (
+    batch_transaction,
+    capabilities,
+    create,
+    delete,
+    history,
+    patch,
+    read,
+    search_type,
+    update,
+    vread,
+)
+
+
+def fhir_router() -> APIRouter:
+    """All FHIR interactions, to be mounted at ``/fhir``."""
+    router = APIRouter()
+    for module in (
+        capabilities,
+        batch_transaction,
+        history,
+        search_type,
+        vread,
+        read,
+        create,
+        update,
+        patch,
+        delete,
+    ):
+        router.include_router(module.router)
+    return router

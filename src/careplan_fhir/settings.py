@@ -1,0 +1,29 @@
+"""Runtime settings, read from the environment with the ``CAREPLAN_`` prefix.
+
+Nothing reads the environment at import time: build a :class:`Settings` and pass it to
+:func:`careplan_fhir.app.create_app`.
+"""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the server needs to start."""
+
+    model_config = SettingsConfigDict(env_prefix="CAREPLAN_", extra="ignore")
+
+    database_url: str = "sqlite:///./careplan.db"
+    #: Public base URL of the FHIR endpoint; used in Location headers, fullUrls and links.
+    #: Empty means "derive it from each request".
+    base_url: str = ""
+    #: Largest request body accepted, in bytes.
+    max_body_bytes: int = 4 * 1024 * 1024
+    #: Default and largest page size for searches.
+    default_page_size: int = 20
+    max_page_size: int = 1000
+    #: Largest number of concurrent requests in flight before the server answers 503.
+    max_in_flight: int = 256
+    #: Echo SQL to the log (debugging only).
+    echo_sql: bool = False

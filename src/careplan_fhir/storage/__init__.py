@@ -1,0 +1,1 @@
+"""Persistence: SQLModel tables, Alembic migrations, the repository and search."""

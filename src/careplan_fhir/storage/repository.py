@@ -1,0 +1,416 @@
+"""Create, read, vread, update, delete and history of stored resources.
+
+Every write stores the resource row, a new version row and the search-index rows of the new
+version in the caller's transaction: callers commit once, so a write is all or nothing.
+Stored bytes are served as they are: reads never re-validate or re-serialise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from careplan_fhir.errors import (
+    InvalidRequest,
+    PreconditionFailed,
+    ResourceConflict,
+    ResourceGone,
+    ResourceNotFound,
+)
+from careplan_fhir.fhir import jsonio
+from careplan_fhir.fhir.dates import format_instant
+
+from .indexing import IndexEntries, extract_index_entries
+from .tables import (
+    DateIndexRow,
+    QuantityIndexRow,
+    ReferenceIndexRow,
+    ResourceRow,
+    ResourceVersionRow,
+    StringIndexRow,
+    TokenIndexRow,
+    UriIndexRow,
+)
+
+_INDEX_TABLE_BY_KIND = {
+    "token": TokenIndexRow,
+    "string": StringIndexRow,
+    "reference": ReferenceIndexRow,
+    "date": DateIndexRow,
+    "uri": UriIndexRow,
+    "quantity": QuantityIndexRow,
+}
+
+_resource = ResourceRow.__table__  # type: ignore[attr-defined]
+_version = ResourceVersionRow.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    """A version of a resource as stored: its identity, version and exact JSON bytes."""
+
+    pk: int
+    resource_type: str
+    id: str
+    version: int
+    last_updated: datetime
+    raw: bytes | None
+    deleted: bool = False
+    method: str = "PUT"
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    @property
+    def last_updated_aware(self) -> datetime:
+        return self.last_updated.replace(tzinfo=UTC)
+
+
+def stamp(document: dict[str, Any], resource_id: str, version: int, moment: datetime) -> bytes:
+    """Set ``id`` and ``meta.versionId``/``meta.lastUpdated``; keep everything else as sent."""
+    meta = dict(document.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = format_instant(moment)
+    ordered: dict[str, Any] = {
+        "resourceType": document["resourceType"],
+        "id": resource_id,
+        "meta": meta,
+    }
+    for key, value in document.items():
+        if key not in ordered:
+            ordered[key] = value
+    return jsonio.dumps(ordered)
+
+
+class Repository:
+    """Resource persistence over one SQLModel session (the caller owns the transaction)."""
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        now: Callable[[], datetime],
+        new_id: Callable[[], str],
+    ) -> None:
+        self.session = session
+        self.now = now
+        self.new_id = new_id
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def find(self, resource_type: str, resource_id: str) -> StoredResource | None:
+        """The current version (deleted ones included), or None if the id never existed."""
+        row = self.session.execute(
+            select(
+                _resource.c.pk,
+                _resource.c.version,
+                _resource.c.last_updated,
+                _resource.c.raw,
+                _resource.c.deleted,
+            ).where(_resource.c.res_type == resource_type, _resource.c.res_id == resource_id)
+        ).first()
+        if row is None:
+            return None
+        return StoredResource(
+            row.pk, resource_type, resource_id, row.version, row.last_updated, row.raw, row.deleted
+        )
+
+    def read(self, resource_type: str, resource_id: str) -> StoredResource:
+        """The current version; 404 if unknown, 410 if deleted."""
+        found = self.find(resource_type, resource_id)
+        if found is None:
+            raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
+        if found.deleted:
+            raise ResourceGone(f"{resource_type}/{resource_id} was deleted")
+        return found
+
+    def vread(self, resource_type: str, resource_id: str, version: str) -> StoredResource:
+        """One version; 404 if it never existed, 410 if that version is a delete."""
+        if not version.isdigit():
+            raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version!r}")
+        row = self.session.execute(
+            select(_version).where(
+                _version.c.res_type == resource_type,
+                _version.c.res_id == resource_id,
+                _version.c.version == int(version),
+            )
+        ).first()
+        if row is None:
+            raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version}")
+        stored = _from_version_row(row)
+        if stored.deleted:
+            raise ResourceGone(f"{resource_type}/{resource_id} version {version} is a delete")
+        return stored
+
+    def load_many(self, pks: list[int]) -> list[StoredResource]:
+        """Current versions by primary key, in the order given (missing ones skipped)."""
+        if not pks:
+            return []
+        rows = self.session.execute(
+            select(
+                _resource.c.pk,
+                _resource.c.res_type,
+                _resource.c.res_id,
+                _resource.c.version,
+                _resource.c.last_updated,
+                _resource.c.raw,
+                _resource.c.deleted,
+            ).where(_resource.c.pk.in_(pks))
+        ).all()
+        by_pk = {
+            row.pk: StoredResource(
+                row.pk,
+                row.res_type,
+                row.res_id,
+                row.version,
+                row.last_updated,
+                row.raw,
+                row.deleted,
+            )
+            for row in rows
+        }
+        return [by_pk[pk] for pk in pks if pk in by_pk]
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def create(self, document: dict[str, Any], *, resource_id: str | None = None) -> StoredResource:
+        """Store a new resource (server-assigned id unless ``resource_id`` is given)."""
+        resource_type = document["resourceType"]
+        client_id = resource_id is not None
+        resource_id = resource_id or self.new_id()
+        moment = self.now()
+        raw = stamp(document, resource_id, 1, moment)
+        stored_moment = _naive(moment)
+        statement = (
+            insert(_resource)
+            .values(
+                res_type=resource_type,
+                res_id=resource_id,
+                version=1,
+                last_updated=stored_moment,
+                deleted=False,
+                content=raw,
+                raw=raw,
+            )
+            .returning(_resource.c.pk)
+        )
+        if client_id:
+            # A client-chosen id may clash with a concurrent create: a savepoint keeps the
+            # outer transaction usable so the clash can be reported as a conflict.
+            try:
+                with self.session.begin_nested():
+                    pk = self.session.execute(statement).scalar_one()
+            except IntegrityError:
+                raise ResourceConflict(f"{resource_type}/{resource_id} already exists") from None
+        else:
+            pk = self.session.execute(statement).scalar_one()
+        self._insert_version(pk, resource_type, resource_id, 1, stored_moment, "POST", raw)
+        self._write_index(pk, resource_type, document, replace=False)
+        return StoredResource(pk, resource_type, resource_id, 1, stored_moment, raw, False, "POST")
+
+    def update(
+        self,
+        document: dict[str, Any],
+        resource_id: str,
+        *,
+        if_match: int | None = None,
+        method: str = "PUT",
+    ) -> tuple[StoredResource, bool]:
+        """Update (or create with the client's id); returns the new version and ``created``."""
+        resource_type = document["resourceType"]
+        current = self.find(resource_type, resource_id)
+        if current is None:
+            if if_match is not None:
+                raise PreconditionFailed(
+                    f"If-Match names version {if_match} of {resource_type}/{resource_id},"
+                    " which does not exist"
+                )
+            return self.create(document, resource_id=resource_id), True
+        if if_match is not None and if_match != current.version:
+            raise PreconditionFailed(
+                f"{resource_type}/{resource_id} is at version {current.version},"
+                f" not {if_match} (If-Match)"
+            )
+        version = current.version + 1
+        moment = self.now()
+        stored_moment = _naive(moment)
+        raw = stamp(document, resource_id, version, moment)
+        self._bump(current, version, stored_moment, raw, deleted=False)
+        self._insert_version(
+            current.pk, resource_type, resource_id, version, stored_moment, method, raw
+        )
+        self._write_index(current.pk, resource_type, document, replace=not current.deleted)
+        return (
+            StoredResource(
+                current.pk, resource_type, resource_id, version, stored_moment, raw, False, method
+            ),
+            current.deleted,
+        )
+
+    def delete(
+        self, resource_type: str, resource_id: str, *, if_match: int | None = None
+    ) -> StoredResource | None:
+        """Delete (a new version without content); None when there was nothing to delete."""
+        current = self.find(resource_type, resource_id)
+        if current is None or current.deleted:
+            if if_match is not None:
+                raise PreconditionFailed(f"{resource_type}/{resource_id} does not exist")
+            return None
+        if if_match is not None and if_match != current.version:
+            raise PreconditionFailed(
+                f"{resource_type}/{resource_id} is at version {current.version}, not {if_match}"
+            )
+        version = current.version + 1
+        stored_moment = _naive(self.now())
+        self._bump(current, version, stored_moment, None, deleted=True)
+        self._insert_version(
+            current.pk, resource_type, resource_id, version, stored_moment, "DELETE", None
+        )
+        self._clear_index(current.pk)
+        return StoredResource(
+            current.pk, resource_type, resource_id, version, stored_moment, None, True, "DELETE"
+        )
+
+    # -- history ---------------------------------------------------------------------------
+
+    def history(
+        self,
+        resource_type: str | None,
+        resource_id: str | None,
+        *,
+        since: datetime | None,
+        at: datetime | None = None,
+        count: int,
+        offset: int,
+        upto_pk: int | None = None,
+    ) -> tuple[list[StoredResource], int, int]:
+        """Versions newest first: ``(page, total, snapshot_pk)``.
+
+        ``upto_pk`` pins the history to the versions that existed when the first page was read,
+        so later pages neither repeat nor skip entries while others write.
+        """
+        conditions = []
+        if resource_type:
+            conditions.append(_version.c.res_type == resource_type)
+        if resource_id:
+            conditions.append(_version.c.res_id == resource_id)
+        if since is not None:
+            conditions.append(_version.c.last_updated >= _naive(since))
+        if at is not None:
+            conditions.append(_version.c.last_updated <= _naive(at))
+        if upto_pk is None:
+            upto_pk = (
+                self.session.execute(select(func.max(_version.c.pk)).where(*conditions)).scalar()
+                or 0
+            )
+        conditions.append(_version.c.pk <= upto_pk)
+        total = self.session.execute(
+            select(func.count()).select_from(_version).where(*conditions)
+        ).scalar_one()
+        rows = self.session.execute(
+            select(_version)
+            .where(*conditions)
+            .order_by(_version.c.pk.desc())
+            .limit(count)
+            .offset(offset)
+        ).all()
+        return [_from_version_row(row) for row in rows], total, upto_pk
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _bump(
+        self,
+        current: StoredResource,
+        version: int,
+        moment: datetime,
+        raw: bytes | None,
+        *,
+        deleted: bool,
+    ) -> None:
+        result = self.session.execute(
+            update(_resource)
+            .where(_resource.c.pk == current.pk, _resource.c.version == current.version)
+            .values(version=version, last_updated=moment, raw=raw, content=raw, deleted=deleted)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise ResourceConflict(
+                f"{current.resource_type}/{current.id} was changed by another request; retry"
+            )
+
+    def _insert_version(
+        self,
+        pk: int,
+        resource_type: str,
+        resource_id: str,
+        version: int,
+        moment: datetime,
+        method: str,
+        raw: bytes | None,
+    ) -> None:
+        self.session.execute(
+            insert(_version).values(
+                resource_pk=pk,
+                res_type=resource_type,
+                res_id=resource_id,
+                version=version,
+                last_updated=moment,
+                method=method,
+                raw=raw,
+            )
+        )
+
+    def _clear_index(self, pk: int) -> None:
+        for table in _INDEX_TABLE_BY_KIND.values():
+            sql_table = table.__table__  # type: ignore[attr-defined]
+            self.session.execute(delete(sql_table).where(sql_table.c.resource_pk == pk))
+
+    def _write_index(
+        self, pk: int, resource_type: str, document: dict[str, Any], *, replace: bool
+    ) -> None:
+        if replace:
+            self._clear_index(pk)
+        entries: IndexEntries = extract_index_entries(document)
+        for kind, table in _INDEX_TABLE_BY_KIND.items():
+            rows = getattr(entries, kind)
+            if rows:
+                for row in rows:
+                    row["resource_pk"] = pk
+                    row["res_type"] = resource_type
+                self.session.execute(insert(table.__table__), rows)  # type: ignore[attr-defined]
+
+
+def _naive(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _from_version_row(row: Any) -> StoredResource:
+    return StoredResource(
+        row.resource_pk,
+        row.res_type,
+        row.res_id,
+        row.version,
+        row.last_updated,
+        row.raw,
+        row.method == "DELETE",
+        row.method,
+    )
+
+
+def parse_version_tag(etag: str) -> int:
+    """Read the version number out of an ``If-Match`` value such as ``W/"3"``."""
+    text = etag.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise InvalidRequest(f'If-Match {etag!r} is not a version tag such as W/"3"')
+    return int(text)

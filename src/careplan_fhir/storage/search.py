@@ -1,0 +1,656 @@
+"""Search: parse FHIR search parameters and run them against the index tables.
+
+https://hl7.org/fhir/R4/search.html. Each parameter becomes a semi-join on its index table;
+values separated by commas are ORed, repeated parameters ANDed. Paging is keyset-based: the
+``next`` link carries the sort values of the last entry, so pages neither repeat nor skip
+entries while other clients create or delete resources.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    false,
+    func,
+    not_,
+    or_,
+    select,
+    tuple_,
+)
+from sqlmodel import Session
+
+from careplan_fhir.errors import InvalidRequest
+from careplan_fhir.fhir.dates import DateFormatError, parse_range
+from careplan_fhir.fhir.search_parameters import (
+    SPECIAL_PARAMETERS,
+    SearchParameter,
+    parameters_for,
+)
+
+from .indexing import normalise_string, parse_reference
+from .repository import Repository, StoredResource
+from .tables import (
+    DateIndexRow,
+    QuantityIndexRow,
+    ReferenceIndexRow,
+    ResourceRow,
+    StringIndexRow,
+    TokenIndexRow,
+    UriIndexRow,
+)
+
+_resource = ResourceRow.__table__  # type: ignore[attr-defined]
+_TABLES = {
+    "token": TokenIndexRow.__table__,  # type: ignore[attr-defined]
+    "string": StringIndexRow.__table__,  # type: ignore[attr-defined]
+    "reference": ReferenceIndexRow.__table__,  # type: ignore[attr-defined]
+    "date": DateIndexRow.__table__,  # type: ignore[attr-defined]
+    "uri": UriIndexRow.__table__,  # type: ignore[attr-defined]
+    "quantity": QuantityIndexRow.__table__,  # type: ignore[attr-defined]
+}
+
+#: Result parameters (https://hl7.org/fhir/R4/search.html#return) this server understands.
+RESULT_PARAMETERS = frozenset(
+    {
+        "_count",
+        "_sort",
+        "_include",
+        "_revinclude",
+        "_summary",
+        "_elements",
+        "_total",
+        "_format",
+        "_pretty",
+        "_after",
+        "_before",
+    }
+)
+_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+_MODIFIERS = {
+    "token": {"not", "missing", "exact"},
+    "string": {"exact", "contains", "missing"},
+    "reference": {"missing"},
+    "date": {"missing"},
+    "uri": {"below", "missing"},
+    "quantity": {"missing"},
+}
+_SUMMARY_MODES = {"true", "false", "count", "data", "text"}
+_MAX_INCLUDE_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class Include:
+    """``_include`` or ``_revinclude``: ``source_type:param[:target_type]``."""
+
+    source_type: str
+    param: str
+    target_type: str | None
+    iterate: bool
+    text: str
+
+
+@dataclass
+class SearchRequest:
+    """A parsed search of one resource type."""
+
+    resource_type: str
+    conditions: list[ColumnElement[bool]] = field(default_factory=list)
+    sort: list[tuple[str, bool]] = field(default_factory=list)
+    count: int = 20
+    includes: list[Include] = field(default_factory=list)
+    revincludes: list[Include] = field(default_factory=list)
+    summary: str | None = None
+    elements: list[str] | None = None
+    total: str = "accurate"
+    after: list[Any] | None = None
+    before: list[Any] | None = None
+    #: The parameters that define the result set, re-emitted in paging links.
+    canonical_params: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SearchResult:
+    """One page of matches plus included resources."""
+
+    matches: list[StoredResource]
+    included: list[StoredResource]
+    total: int | None
+    next_cursor: str | None
+    previous_cursor: str | None
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def split_values(text: str) -> list[str]:
+    """Split on commas not escaped with a backslash, and unescape ``\\,`` ``\\|`` ``\\$``."""
+    parts = re.split(r"(?<!\\),", text)
+    return [re.sub(r"\\([,|$\\])", r"\1", part) for part in parts]
+
+
+def parse_search(
+    resource_type: str,
+    params: Sequence[tuple[str, str]],
+    *,
+    base_url: str = "",
+    default_count: int = 20,
+    max_count: int = 1000,
+    strict: bool = False,
+) -> SearchRequest:
+    """Turn query parameters into a :class:`SearchRequest`; unknown ones are ignored or 400."""
+    request = SearchRequest(resource_type, count=default_count)
+    known = parameters_for(resource_type)
+    for raw_name, value in params:
+        name, _, modifier = raw_name.partition(":")
+        if name in RESULT_PARAMETERS:
+            _parse_result_parameter(request, name, modifier, value, max_count)
+            continue
+        if name in SPECIAL_PARAMETERS:
+            request.conditions.append(_special_condition(name, modifier, value))
+            request.canonical_params.append((raw_name, value))
+            continue
+        param = known.get(name)
+        if param is None:
+            if strict:
+                raise InvalidRequest(f"Unknown search parameter {raw_name!r} for {resource_type}")
+            request.ignored.append(raw_name)
+            continue
+        request.conditions.append(_condition(param, modifier, value, base_url))
+        request.canonical_params.append((raw_name, value))
+    return request
+
+
+def _parse_result_parameter(
+    request: SearchRequest, name: str, modifier: str, value: str, max_count: int
+) -> None:
+    if name == "_count":
+        if not value.isdigit():
+            raise InvalidRequest(f"_count must be a non-negative integer, not {value!r}")
+        request.count = min(int(value), max_count)
+    elif name == "_sort":
+        request.sort = []
+        for key in split_values(value):
+            descending = key.startswith("-")
+            key = key.lstrip("-")
+            if key not in SPECIAL_PARAMETERS and key not in parameters_for(request.resource_type):
+                raise InvalidRequest(f"Cannot sort {request.resource_type} by {key!r}")
+            request.sort.append((key, descending))
+    elif name in ("_include", "_revinclude"):
+        include = _parse_include(value, modifier, reverse=name == "_revinclude")
+        (request.revincludes if name == "_revinclude" else request.includes).append(include)
+    elif name == "_summary":
+        if value not in _SUMMARY_MODES:
+            raise InvalidRequest(f"_summary must be one of {sorted(_SUMMARY_MODES)}")
+        request.summary = None if value == "false" else value
+    elif name == "_elements":
+        request.elements = [e.strip() for e in value.split(",") if e.strip()]
+    elif name == "_total":
+        if value not in ("none", "estimate", "accurate"):
+            raise InvalidRequest("_total must be none, estimate or accurate")
+        request.total = value
+    elif name in ("_after", "_before"):
+        cursor = decode_cursor(value)
+        if name == "_after":
+            request.after = cursor
+        else:
+            request.before = cursor
+
+
+def _parse_include(value: str, modifier: str, *, reverse: bool) -> Include:
+    parts = value.split(":")
+    if len(parts) < 2 or len(parts) > 3:
+        raise InvalidRequest(f"_include/_revinclude value {value!r} is not Type:param[:Target]")
+    source_type, param = parts[0], parts[1]
+    target = parts[2] if len(parts) == 3 else None
+    if modifier not in ("", "iterate", "recurse"):
+        raise InvalidRequest(f"Unknown modifier :{modifier} on _include")
+    if param != "*":
+        definition = parameters_for(source_type).get(param)
+        if definition is None or definition.type != "reference":
+            raise InvalidRequest(f"{source_type}:{param} is not a reference search parameter")
+    return Include(source_type, param, target, modifier in ("iterate", "recurse"), value)
+
+
+def encode_cursor(values: list[Any]) -> str:
+    """Encode sort values (and the tie-breaking key) as an opaque, URL-safe token."""
+    tagged = [["d", v.isoformat()] if isinstance(v, datetime) else ["v", v] for v in values]
+    return base64.urlsafe_b64encode(orjson.dumps(tagged)).decode("ascii").rstrip("=")
+
+
+def decode_cursor(token: str) -> list[Any]:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        tagged = orjson.loads(base64.urlsafe_b64decode(padded))
+        return [datetime.fromisoformat(v) if tag == "d" else v for tag, v in tagged]
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"Invalid paging cursor: {exc}") from None
+
+
+# -- conditions ------------------------------------------------------------------------------
+
+
+def _index_subquery(param: SearchParameter, *criteria: ColumnElement[bool]) -> Select[Any]:
+    table = _TABLES[param.type]
+    return select(table.c.resource_pk).where(
+        table.c.res_type == param.resource_type, table.c.param == param.name, *criteria
+    )
+
+
+def _condition(
+    param: SearchParameter, modifier: str, value: str, base_url: str
+) -> ColumnElement[bool]:
+    if param.type == "reference" and modifier and modifier[:1].isupper():
+        target_type: str | None = modifier
+        modifier = ""
+    else:
+        target_type = None
+    if modifier and modifier not in _MODIFIERS[param.type]:
+        raise InvalidRequest(f"Modifier :{modifier} is not supported on {param.name}")
+    if modifier == "missing":
+        if value not in ("true", "false"):
+            raise InvalidRequest(f"{param.name}:missing must be true or false")
+        present: ColumnElement[bool] = _resource.c.pk.in_(_index_subquery(param))
+        return not_(present) if value == "true" else present
+    table = _TABLES[param.type]
+    alternatives: list[ColumnElement[bool]] = []
+    for item in split_values(value):
+        if item == "":
+            raise InvalidRequest(f"Empty value for search parameter {param.name}")
+        alternatives.append(_value_condition(param, table, modifier, item, target_type, base_url))
+    matching: ColumnElement[bool] = _resource.c.pk.in_(
+        _index_subquery(param, or_(*alternatives))
+    )
+    return not_(matching) if modifier == "not" else matching
+
+
+def _value_condition(
+    param: SearchParameter,
+    table: Any,
+    modifier: str,
+    item: str,
+    target_type: str | None,
+    base_url: str,
+) -> ColumnElement[bool]:
+    if param.type == "token":
+        return _token_condition(table, item)
+    if param.type == "string":
+        if modifier == "exact":
+            return table.c.value_exact == item  # type: ignore[no-any-return]
+        text = _escape_like(normalise_string(item))
+        pattern = f"%{text}%" if modifier == "contains" else f"{text}%"
+        return table.c.value_norm.like(pattern, escape="\\")  # type: ignore[no-any-return]
+    if param.type == "reference":
+        return _reference_condition(table, item, target_type or param.target, base_url)
+    if param.type == "date":
+        prefix, text = _split_prefix(item)
+        return _date_condition(table.c.low, table.c.high, prefix, text, param.name)
+    if param.type == "uri":
+        if modifier == "below":
+            return table.c.uri.like(_escape_like(item) + "%", escape="\\")  # type: ignore[no-any-return]
+        return table.c.uri == item  # type: ignore[no-any-return]
+    if param.type == "quantity":
+        return _quantity_condition(table, item, param.name)
+    raise InvalidRequest(f"Search parameter type {param.type} is not supported")
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _token_condition(table: Any, item: str) -> ColumnElement[bool]:
+    if "|" not in item:
+        return table.c.code == item  # type: ignore[no-any-return]
+    system, code = item.split("|", 1)
+    if system == "":
+        return and_(table.c.system.is_(None), table.c.code == code)
+    if code == "":
+        return table.c.system == system  # type: ignore[no-any-return]
+    return and_(table.c.system == system, table.c.code == code)
+
+
+def _reference_condition(
+    table: Any, item: str, target_type: str | None, base_url: str
+) -> ColumnElement[bool]:
+    if base_url and item.startswith(base_url.rstrip("/") + "/"):
+        item = item[len(base_url.rstrip("/")) + 1 :]
+    ref_type, ref_id, url, version = parse_reference(item)
+    if url is not None:
+        # Absolute or canonical: match the URL as stored, or a relative Type/id on our server.
+        by_url = table.c.target_url == url
+        if version:
+            by_url = and_(by_url, table.c.target_version == version)
+        return by_url  # type: ignore[no-any-return]
+    if ref_type is None:
+        if "/" in item:
+            raise InvalidRequest(f"{item!r} is not a reference (Type/id or id)")
+        criteria = [table.c.target_id == item]
+        if target_type:
+            criteria.append(table.c.target_type == target_type)
+        return and_(*criteria)
+    if target_type and ref_type != target_type:
+        return false()
+    return and_(table.c.target_type == ref_type, table.c.target_id == ref_id)
+
+
+def _split_prefix(item: str) -> tuple[str, str]:
+    if item[:2] in _PREFIXES and len(item) > 2 and (item[2].isdigit() or item[2] in "-+."):
+        return item[:2], item[2:]
+    return "eq", item
+
+
+def _date_condition(low: Any, high: Any, prefix: str, text: str, name: str) -> ColumnElement[bool]:
+    try:
+        p_low, p_high = parse_range(text)
+    except DateFormatError as exc:
+        raise InvalidRequest(f"{name}: {exc}") from None
+    contained = and_(low >= p_low, high <= p_high)
+    if prefix == "eq":
+        return contained
+    if prefix == "ne":
+        return not_(contained)
+    if prefix == "gt":
+        return high > p_high  # type: ignore[no-any-return]
+    if prefix == "lt":
+        return low < p_low  # type: ignore[no-any-return]
+    if prefix == "ge":
+        return or_(high > p_high, contained)
+    if prefix == "le":
+        return or_(low < p_low, contained)
+    if prefix == "sa":
+        return low >= p_high  # type: ignore[no-any-return]
+    if prefix == "eb":
+        return high <= p_low  # type: ignore[no-any-return]
+    # ap: approximately; the spec leaves the margin to the server: 10% of the gap to now.
+    margin = max(abs(datetime.now() - p_low) / 10, timedelta(days=1))
+    return and_(low < p_high + margin, high > p_low - margin)
+
+
+def _quantity_condition(table: Any, item: str, name: str) -> ColumnElement[bool]:
+    prefix, text = _split_prefix(item)
+    number, _, unit_part = text.partition("|")
+    system, _, code = unit_part.partition("|")
+    try:
+        value = Decimal(number)
+    except InvalidOperation:
+        raise InvalidRequest(f"{name}: {number!r} is not a number") from None
+    exponent = value.as_tuple().exponent
+    half = Decimal(5) * Decimal(10) ** (int(exponent) - 1) if isinstance(exponent, int) else 0
+    lower, upper = float(value - half), float(value + half)
+    column = table.c.value
+    criteria: list[ColumnElement[bool]] = []
+    comparisons = {
+        "eq": and_(column >= lower, column < upper),
+        "ne": or_(column < lower, column >= upper),
+        "gt": column > float(value),
+        "lt": column < float(value),
+        "ge": column >= float(value),
+        "le": column <= float(value),
+        "sa": column > float(value),
+        "eb": column < float(value),
+        "ap": and_(column >= float(value) * 0.9, column <= float(value) * 1.1),
+    }
+    criteria.append(comparisons[prefix])
+    if system:
+        criteria.append(table.c.system == system)
+    if code:
+        criteria.append(or_(table.c.code == code, table.c.unit == code))
+    return and_(*criteria)
+
+
+def _special_condition(name: str, modifier: str, value: str) -> ColumnElement[bool]:
+    if name == "_id":
+        if modifier not in ("", "not"):
+            raise InvalidRequest(f"Modifier :{modifier} is not supported on _id")
+        by_id: ColumnElement[bool] = _resource.c.res_id.in_(split_values(value))
+        return not_(by_id) if modifier == "not" else by_id
+    if modifier:
+        raise InvalidRequest(f"Modifier :{modifier} is not supported on {name}")
+    alternatives = []
+    for item in split_values(value):
+        prefix, text = _split_prefix(item)
+        # lastUpdated is an instant: a point, compared with the parameter's range.
+        alternatives.append(_instant_condition(prefix, text, name))
+    return or_(*alternatives)
+
+
+def _instant_condition(prefix: str, text: str, name: str) -> ColumnElement[bool]:
+    column = _resource.c.last_updated
+    try:
+        p_low, p_high = parse_range(text)
+    except DateFormatError as exc:
+        raise InvalidRequest(f"{name}: {exc}") from None
+    comparisons: dict[str, ColumnElement[bool]] = {
+        "eq": and_(column >= p_low, column < p_high),
+        "ne": or_(column < p_low, column >= p_high),
+        "gt": column >= p_high,
+        "lt": column < p_low,
+        "ge": column >= p_low,
+        "le": column < p_high,
+        "sa": column >= p_high,
+        "eb": column < p_low,
+        "ap": and_(column >= p_low - timedelta(days=1), column < p_high + timedelta(days=1)),
+    }
+    return comparisons[prefix]
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def _sort_expression(resource_type: str, key: str, descending: bool) -> Any:
+    if key == "_id":
+        return _resource.c.res_id
+    if key == "_lastUpdated":
+        return _resource.c.last_updated
+    param = parameters_for(resource_type)[key]
+    table = _TABLES[param.type]
+    column = {
+        "date": table.c.high if descending else table.c.low,
+        "string": table.c.value_norm,
+        "token": table.c.code,
+        "reference": table.c.target_id,
+        "uri": table.c.uri,
+        "quantity": table.c.value,
+    }[param.type]
+    aggregate = func.max(column) if descending else func.min(column)
+    return (
+        select(aggregate)
+        .where(
+            table.c.resource_pk == _resource.c.pk,
+            table.c.res_type == resource_type,
+            table.c.param == key,
+        )
+        .scalar_subquery()
+    )
+
+
+def _keyset(
+    keys: list[tuple[Any, bool]], values: list[Any], *, forward: bool
+) -> ColumnElement[bool]:
+    """Rows strictly after (or before) ``values`` in the order of ``keys`` (nulls last)."""
+    clauses: list[ColumnElement[bool]] = []
+    equal_so_far: list[ColumnElement[bool]] = []
+    for (expression, descending), value in zip(keys, values, strict=True):
+        if forward:
+            if value is None:
+                step: ColumnElement[bool] = false()
+            else:
+                beyond = expression < value if descending else expression > value
+                step = or_(beyond, expression.is_(None))
+        else:
+            if value is None:
+                step = expression.is_not(None)
+            else:
+                step = expression > value if descending else expression < value
+        clauses.append(and_(*equal_so_far, step))
+        equal_so_far.append(expression.is_(None) if value is None else expression == value)
+    return or_(*clauses)
+
+
+def run_search(repository: Repository, request: SearchRequest) -> SearchResult:
+    """Run ``request``: one page of matches, the total and the included resources."""
+    session: Session = repository.session
+    base_conditions = [
+        _resource.c.res_type == request.resource_type,
+        _resource.c.deleted.is_(False),
+        *request.conditions,
+    ]
+    total: int | None = None
+    if request.total != "none" or request.summary == "count":
+        total = session.execute(
+            select(func.count()).select_from(_resource).where(*base_conditions)
+        ).scalar_one()
+    if request.summary == "count" or request.count == 0:
+        return SearchResult([], [], total, None, None)
+
+    keys = [
+        (_sort_expression(request.resource_type, key, descending), descending)
+        for key, descending in request.sort
+    ]
+    keys.append((_resource.c.pk, False))
+    forward = request.before is None
+    conditions = list(base_conditions)
+    cursor = request.after if forward else request.before
+    if cursor is not None:
+        if len(cursor) != len(keys):
+            raise InvalidRequest("The paging cursor does not belong to this search")
+        conditions.append(_keyset(keys, cursor, forward=forward))
+    order = []
+    for expression, descending in keys:
+        ascending_now = (not descending) if forward else descending
+        ordered = expression.asc() if ascending_now else expression.desc()
+        order.append(ordered.nulls_last() if forward else ordered.nulls_first())
+    statement = (
+        select(
+            _resource.c.pk, *[expression.label(f"k{i}") for i, (expression, _) in enumerate(keys)]
+        )
+        .where(*conditions)
+        .order_by(*order)
+        .limit(request.count + 1)
+    )
+    rows = list(session.execute(statement).all())
+    more = len(rows) > request.count
+    rows = rows[: request.count]
+    if not forward:
+        rows.reverse()
+    matches = repository.load_many([row.pk for row in rows])
+    cursor_values = [
+        [_cursor_value(getattr(row, f"k{i}")) for i in range(len(keys))] for row in rows
+    ]
+    next_cursor = previous_cursor = None
+    if rows:
+        if (forward and more) or not forward:
+            next_cursor = encode_cursor(cursor_values[-1])
+        if (not forward and more) or (forward and request.after is not None):
+            previous_cursor = encode_cursor(cursor_values[0])
+    included = _resolve_includes(repository, request, matches)
+    return SearchResult(matches, included, total, next_cursor, previous_cursor)
+
+
+def _cursor_value(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+def _resolve_includes(
+    repository: Repository, request: SearchRequest, matches: list[StoredResource]
+) -> list[StoredResource]:
+    if not (request.includes or request.revincludes) or not matches:
+        return []
+    seen = {(m.resource_type, m.id) for m in matches}
+    included: list[StoredResource] = []
+    frontier = matches
+    for depth in range(_MAX_INCLUDE_DEPTH):
+        found: list[StoredResource] = []
+        for include in request.includes:
+            if depth == 0 or include.iterate:
+                found.extend(_forward_include(repository, include, frontier))
+        for include in request.revincludes:
+            if depth == 0 or include.iterate:
+                found.extend(_reverse_include(repository, include, frontier))
+        new = []
+        for resource in found:
+            key = (resource.resource_type, resource.id)
+            if key not in seen and not resource.deleted:
+                seen.add(key)
+                new.append(resource)
+        included.extend(new)
+        if not new:
+            break
+        frontier = new
+    return included
+
+
+def _forward_include(
+    repository: Repository, include: Include, sources: list[StoredResource]
+) -> list[StoredResource]:
+    pks = [s.pk for s in sources if s.resource_type == include.source_type]
+    if not pks:
+        return []
+    table = _TABLES["reference"]
+    criteria = [table.c.resource_pk.in_(pks), table.c.target_id.is_not(None)]
+    if include.param != "*":
+        criteria.append(table.c.param == include.param)
+    if include.target_type:
+        criteria.append(table.c.target_type == include.target_type)
+    targets = repository.session.execute(
+        select(table.c.target_type, table.c.target_id).where(*criteria).distinct()
+    ).all()
+    if not targets:
+        return []
+    target_pks = (
+        repository.session.execute(
+            select(_resource.c.pk).where(
+                tuple_(_resource.c.res_type, _resource.c.res_id).in_(
+                    [(t.target_type, t.target_id) for t in targets]
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
+    return repository.load_many(list(target_pks))
+
+
+def _reverse_include(
+    repository: Repository, include: Include, targets: list[StoredResource]
+) -> list[StoredResource]:
+    if not targets:
+        return []
+    table = _TABLES["reference"]
+    criteria = [
+        table.c.res_type == include.source_type,
+        tuple_(table.c.target_type, table.c.target_id).in_(
+            [(t.resource_type, t.id) for t in targets]
+        ),
+    ]
+    if include.param != "*":
+        criteria.append(table.c.param == include.param)
+    source_pks = (
+        repository.session.execute(select(table.c.resource_pk).where(*criteria).distinct())
+        .scalars()
+        .all()
+    )
+    return repository.load_many(sorted(source_pks))
+
+
+__all__ = [
+    "Include",
+    "SearchRequest",
+    "SearchResult",
+    "parse_search",
+    "run_search",
+    "split_values",
+]

@@ -1,0 +1,161 @@
+"""SQLModel tables: the current resource, every version, and one index table per parameter type.
+
+The layout follows HAPI FHIR's JPA schema and Blaze's split between versions and indexes:
+
+* ``resource``: one row per logical resource, its current version, its JSON (``JSONB`` on
+  PostgreSQL, for SQL-side inspection) and the exact bytes served on reads.
+* ``resource_version``: one immutable row per version, deletes included, so history is never lost.
+* ``idx_token``, ``idx_string``, ``idx_reference``, ``idx_date``, ``idx_uri``, ``idx_quantity``:
+  search-index rows of the current version, rewritten in the same transaction as the resource.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, String, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+JSON_DOCUMENT = JSON().with_variant(JSONB(), "postgresql")
+
+
+class ResourceRow(SQLModel, table=True):
+    """The current version of one logical resource."""
+
+    __tablename__ = "resource"
+    __table_args__ = (
+        UniqueConstraint("res_type", "res_id", name="uq_resource_type_id"),
+        Index("ix_resource_type_updated", "res_type", "last_updated"),
+    )
+
+    pk: int | None = Field(default=None, primary_key=True)
+    res_type: str = Field(sa_column=Column(String(64), nullable=False))
+    res_id: str = Field(sa_column=Column(String(64), nullable=False))
+    version: int = Field(nullable=False)
+    last_updated: datetime = Field(sa_column=Column(DateTime, nullable=False))
+    deleted: bool = Field(default=False, nullable=False)
+    content: Any = Field(default=None, sa_column=Column(JSON_DOCUMENT, nullable=True))
+    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+
+
+class ResourceVersionRow(SQLModel, table=True):
+    """One immutable version of a resource; a delete is a version without content."""
+
+    __tablename__ = "resource_version"
+    __table_args__ = (
+        UniqueConstraint("res_type", "res_id", "version", name="uq_version_type_id_version"),
+        Index("ix_version_type_updated", "res_type", "last_updated"),
+        Index("ix_version_updated", "last_updated"),
+    )
+
+    pk: int | None = Field(default=None, primary_key=True)
+    resource_pk: int = Field(foreign_key="resource.pk", nullable=False, index=True)
+    res_type: str = Field(sa_column=Column(String(64), nullable=False))
+    res_id: str = Field(sa_column=Column(String(64), nullable=False))
+    version: int = Field(nullable=False)
+    last_updated: datetime = Field(sa_column=Column(DateTime, nullable=False))
+    method: str = Field(sa_column=Column(String(8), nullable=False))
+    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+
+
+class TokenIndexRow(SQLModel, table=True):
+    """A token value (code, Coding, CodeableConcept, Identifier, ContactPoint, boolean)."""
+
+    __tablename__ = "idx_token"
+    __table_args__ = (Index("ix_idx_token_lookup", "res_type", "param", "code", "system"),)
+
+    pk: int | None = Field(default=None, primary_key=True)
+    resource_pk: int = Field(foreign_key="resource.pk", nullable=False, index=True)
+    res_type: str = Field(sa_column=Column(String(64), nullable=False))
+    param: str = Field(sa_column=Column(String(64), nullable=False))
+    system: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+    code: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+
+
+class StringIndexRow(SQLModel, table=True):
+    """A string value, normalised (case and accents folded) and exact."""
+
+    __tablename__ = "idx_string"
+    __table_args__ = (Index("ix_idx_string_lookup", "res_type", "param", "value_norm"),)
+
+    pk: int | None = Field(default=None, primary_key=True)
+    resource_pk: int = Field(foreign_key="resource.pk", nullable=False, index=True)
+    res_type: str = Field(sa_column=Column(String(64), nullable=False))
+    param: str = Field(sa_column=Column(String(64), nullable=False))
+    value_norm: str = Field(sa_column=Column(String(255), nullable=False))
+    value_exact: str = Field(sa_column=Column(String(2000), nullable=False))
+
+
+class ReferenceIndexRow(SQLModel, table=True):
+    """A reference (relative, absolute or canonical) from a resource to another."""
+
+    __tablename__ = "idx_reference"
+    __table_args__ = (
+        Index("ix_idx_reference_lookup", "res_type", "param", "target_id", "target_type"),
+        Index("ix_idx_reference_target", "target_type", "target_id", "param"),
+        Index("ix_idx_reference_url", "res_type", "param", "target_url"),
+    )
+
+    pk: int | None = Field(default=None, primary_key=True)
+    resource_pk: int = Field(foreign_key="resource.pk", nullable=False, index=True)
+    res_type: str = Field(sa_column=Column(String(64), nullable=False))
+    param: str = Field(sa_column=Column(String(64), nullable=False))
+    target_type: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    target_id: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    target_url: str | None = Field(default=None, sa_column=Column(String(1000), nullable=True))
+    target_version: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+
+
+class DateIndexRow(SQLModel, table=True):
+    """A date, dateTime, instant, Period or Timing as a half-open UTC range ``[low, high)``."""
+
+    __tablename__ = "idx_date"
+    __table_args__ = (Index("ix_idx_date_lookup", "res_type", "param", "low", "high"),)
+
+    pk: int | None = Field(default=None, primary_key=True)
+    resource_pk: int = Field(foreign_key="resource.pk", nullable=False, index=True)
+    res_type: str = Field(sa_column=Column(String(64), nullable=False))
+    param: str = Field(sa_column=Column(String(64), nullable=False))
+    low: datetime = Field(sa_column=Column(DateTime, nullable=False))
+    high: datetime = Field(sa_column=Column(DateTime, nullable=False))
+
+
+class UriIndexRow(SQLModel, table=True):
+    """A uri, url or canonical value."""
+
+    __tablename__ = "idx_uri"
+    __table_args__ = (Index("ix_idx_uri_lookup", "res_type", "param", "uri"),)
+
+    pk: int | None = Field(default=None, primary_key=True)
+    resource_pk: int = Field(foreign_key="resource.pk", nullable=False, index=True)
+    res_type: str = Field(sa_column=Column(String(64), nullable=False))
+    param: str = Field(sa_column=Column(String(64), nullable=False))
+    uri: str = Field(sa_column=Column(String(1000), nullable=False))
+
+
+class QuantityIndexRow(SQLModel, table=True):
+    """A Quantity value with its system and code (or unit)."""
+
+    __tablename__ = "idx_quantity"
+    __table_args__ = (Index("ix_idx_quantity_lookup", "res_type", "param", "value"),)
+
+    pk: int | None = Field(default=None, primary_key=True)
+    resource_pk: int = Field(foreign_key="resource.pk", nullable=False, index=True)
+    res_type: str = Field(sa_column=Column(String(64), nullable=False))
+    param: str = Field(sa_column=Column(String(64), nullable=False))
+    value: float = Field(nullable=False)
+    system: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+    code: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+    unit: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+
+
+INDEX_TABLES: tuple[type[SQLModel], ...] = (
+    TokenIndexRow,
+    StringIndexRow,
+    ReferenceIndexRow,
+    DateIndexRow,
+    UriIndexRow,
+    QuantityIndexRow,
+)

@@ -1,0 +1,1 @@
+"""Use cases shared by the REST facade, the CLI and the portal."""

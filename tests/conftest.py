@@ -1,0 +1,84 @@
+"""Fixtures: an app per test on a fresh SQLite file, and on PostgreSQL when configured.
+
+PostgreSQL tests run when ``CAREPLAN_TEST_POSTGRES_URL`` is set (``.ci/run`` sets it) and are
+skipped, with the reason shown, when it is not.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+from sqlmodel import SQLModel
+
+from careplan_fhir.app import create_app
+from careplan_fhir.settings import Settings
+from careplan_fhir.storage import tables  # noqa: F401
+from careplan_fhir.storage.db import make_engine
+
+POSTGRES_URL = os.environ.get("CAREPLAN_TEST_POSTGRES_URL")
+
+
+class TickingClock:
+    """A clock that moves one millisecond per reading: deterministic, strictly increasing."""
+
+    def __init__(self, start: datetime) -> None:
+        self.current = start
+
+    def __call__(self) -> datetime:
+        self.current += timedelta(milliseconds=1)
+        return self.current
+
+
+@pytest.fixture(scope="session")
+def postgres_engine() -> Iterator[Engine]:
+    if not POSTGRES_URL:
+        pytest.skip("PostgreSQL tests need CAREPLAN_TEST_POSTGRES_URL (set by .ci/run)")
+    engine = make_engine(POSTGRES_URL)
+    SQLModel.metadata.drop_all(engine)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    SQLModel.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def _truncate(engine: Engine) -> None:
+    names = ", ".join(t.name for t in SQLModel.metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database with the current schema."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+        engine = make_engine(url)
+        SQLModel.metadata.create_all(engine)
+        engine.dispose()
+        return url
+    engine = request.getfixturevalue("postgres_engine")
+    _truncate(engine)
+    assert POSTGRES_URL
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, base_url="http://testserver/fhir")
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    ids = (f"id{n}" for n in itertools.count(1))
+    clock = TickingClock(datetime(2026, 3, 1, 9, 0, tzinfo=UTC))
+    app = create_app(settings, now=clock, new_id=lambda: next(ids))
+    with TestClient(app) as test_client:
+        yield test_client

@@ -1,0 +1,64 @@
+"""Factories for FHIR resources used in tests (small, valid, overridable)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ASSESS_PLAN = {
+    "coding": [
+        {
+            "system": "http://hl7.org/fhir/us/core/CodeSystem/careplan-category",
+            "code": "assess-plan",
+        }
+    ]
+}
+
+
+def patient(**overrides: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "name": [{"family": "Rivera", "given": ["Sam"]}],
+        "gender": "female",
+        "birthDate": "1961-04-12",
+    }
+    resource.update(overrides)
+    return resource
+
+
+def care_plan(patient_id: str, **overrides: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "CarePlan",
+        "status": "active",
+        "intent": "plan",
+        "category": [ASSESS_PLAN],
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "period": {"start": "2026-03-01"},
+    }
+    resource.update(overrides)
+    return resource
+
+
+def goal(patient_id: str, text: str = "Pain is under control", **overrides: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Goal",
+        "lifecycleStatus": "active",
+        "description": {"text": text},
+        "subject": {"reference": f"Patient/{patient_id}"},
+    }
+    resource.update(overrides)
+    return resource
+
+
+def task(patient_id: str, plan_id: str | None = None, **overrides: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Task",
+        "status": "requested",
+        "intent": "plan",
+        "description": "Check the incision for redness",
+        "for": {"reference": f"Patient/{patient_id}"},
+        "owner": {"reference": f"Patient/{patient_id}"},
+    }
+    if plan_id:
+        resource["basedOn"] = [{"reference": f"CarePlan/{plan_id}"}]
+    resource.update(overrides)
+    return resource
