@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
 from sqlmodel import SQLModel
 
 from careplan_fhir.app import create_app
 from careplan_fhir.settings import Settings
 from careplan_fhir.storage import tables  # noqa: F401
-from careplan_fhir.storage.db import make_engine
+from careplan_fhir.storage.db import make_engine, normalise_url
 
 POSTGRES_URL = os.environ.get("CAREPLAN_TEST_POSTGRES_URL")
 
@@ -37,13 +38,29 @@ class TickingClock:
 
 
 @pytest.fixture(scope="session")
-def postgres_engine() -> Iterator[Engine]:
+def postgres_url() -> Iterator[str]:
+    """A database of this test run's own on the configured server, dropped at the end.
+
+    Concurrent test runs on one server (developers, CI) never see each other's rows.
+    """
     if not POSTGRES_URL:
         pytest.skip("PostgreSQL tests need CAREPLAN_TEST_POSTGRES_URL (set by .ci/run)")
-    engine = make_engine(POSTGRES_URL)
-    SQLModel.metadata.drop_all(engine)
-    with engine.begin() as connection:
-        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    name = f"careplan_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(normalise_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(normalise_url(POSTGRES_URL)).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_engine(postgres_url: str) -> Iterator[Engine]:
+    engine = make_engine(postgres_url)
     SQLModel.metadata.create_all(engine)
     yield engine
     engine.dispose()
@@ -66,8 +83,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return url
     engine = request.getfixturevalue("postgres_engine")
     _truncate(engine)
-    assert POSTGRES_URL
-    return POSTGRES_URL
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
