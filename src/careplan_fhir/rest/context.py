@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from careplan_fhir.errors import (
     InvalidRequest,
+    MethodNotAllowed,
     PayloadTooLarge,
     PreconditionFailed,
     ResourceNotFound,
@@ -27,9 +28,11 @@ from careplan_fhir.storage.db import begin_write
 from careplan_fhir.storage.repository import Repository, StoredResource, parse_version_tag
 from careplan_fhir.storage.search import parse_search, run_search
 
-from .formats import FHIR_JSON, FHIR_XML, render_response
+from .formats import FHIR_JSON, FHIR_XML, render_response, response_format
 
 SERVED = frozenset(SERVED_TYPES)
+#: Paths under the base that are interactions, not types; other methods there get 405.
+_BASE_PATHS = frozenset({"metadata", "_history"})
 
 
 @dataclass
@@ -97,6 +100,8 @@ def _session(request: Request) -> Iterator[Session]:
 
 def _context(request: Request, session: Annotated[Session, Depends(_session)]) -> FhirContext:
     services: Services = request.app.state.services
+    # Refuse an unsatisfiable Accept or _format (406) before doing any work.
+    response_format(request)
     repository = Repository(session, now=services.now, new_id=services.new_id)
     return FhirContext(request, session, repository, services)
 
@@ -105,7 +110,9 @@ ContextDep = Annotated[FhirContext, Depends(_context)]
 
 
 def check_type(resource_type: str) -> str:
-    """404 unless the server serves ``resource_type``."""
+    """404 unless the server serves ``resource_type`` (405 for the base's own paths)."""
+    if resource_type in _BASE_PATHS:
+        raise MethodNotAllowed(f"/{resource_type} supports GET only")
     if resource_type not in SERVED:
         raise ResourceNotFound(
             f"Resource type {resource_type!r} is not served here; served types: "
