@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi.testclient import TestClient
+from httpx2 import Response
 from lxml import etree
 
 from careplan_fhir.app import create_app
@@ -18,14 +21,14 @@ XML_PATIENT = (
 )
 
 
-def assert_outcome(response: object, status: int, code: str | None = None) -> dict[str, object]:
-    assert getattr(response, "status_code") == status, getattr(response, "text")
-    body = getattr(response, "json")()
+def assert_outcome(response: Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
     assert body["resourceType"] == "OperationOutcome"
     assert body["issue"] and body["issue"][0]["severity"] in ("error", "fatal")
     if code:
         assert body["issue"][0]["code"] == code
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 def test_xml_in_and_out(client: TestClient) -> None:
