@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -92,13 +92,15 @@ class FhirContext:
         return render_response(self.request, content, status, headers)
 
 
-def _session(request: Request) -> Iterator[Session]:
+# The dependencies are coroutines on purpose: they do no blocking work (a Session connects
+# lazily), and a plain ``def`` dependency would cost a thread-pool hop on every request.
+async def _session(request: Request) -> AsyncIterator[Session]:
     services: Services = request.app.state.services
     with Session(services.engine) as session:
         yield session
 
 
-def _context(request: Request, session: Annotated[Session, Depends(_session)]) -> FhirContext:
+async def _context(request: Request, session: Annotated[Session, Depends(_session)]) -> FhirContext:
     services: Services = request.app.state.services
     # Refuse an unsatisfiable Accept or _format (406) before doing any work.
     response_format(request)
