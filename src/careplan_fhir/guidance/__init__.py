@@ -1,0 +1,1 @@
+"""Recovery guidance: parsers per source format → RecoveryGuidance → PlanDefinition. Pure."""
