@@ -23,6 +23,13 @@ DatabaseOption = Annotated[
 ]
 
 
+def _display_url(url: str) -> str:
+    """The database URL with its password masked, for logs."""
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _settings(database_url: str | None) -> Settings:
     settings = Settings()
     if database_url:
@@ -37,7 +44,7 @@ def db_upgrade(database_url: DatabaseOption = None, revision: str = "head") -> N
 
     settings = _settings(database_url)
     upgrade(settings.database_url, revision)
-    typer.echo(f"database at {revision}: {settings.database_url}")
+    typer.echo(f"database at {revision}: {_display_url(settings.database_url)}")
 
 
 @app.command("load-examples")
