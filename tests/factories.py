@@ -62,3 +62,49 @@ def task(patient_id: str, plan_id: str | None = None, **overrides: Any) -> dict[
         resource["basedOn"] = [{"reference": f"CarePlan/{plan_id}"}]
     resource.update(overrides)
     return resource
+
+
+def plan_definition(**overrides: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "PlanDefinition",
+        "status": "active",
+        "url": "http://example.org/fhir/PlanDefinition/knee-recovery",
+        "version": "1.0",
+        "name": "KneeRecovery",
+        "title": "Recovery after knee replacement",
+    }
+    resource.update(overrides)
+    return resource
+
+
+def provenance(*targets: str, **overrides: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "target": [{"reference": target} for target in targets],
+        "recorded": "2026-03-01T09:00:00Z",
+        "agent": [{"who": {"display": "Care coordinator"}}],
+    }
+    resource.update(overrides)
+    return resource
+
+
+def communication(patient_id: str, **overrides: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Communication",
+        "status": "completed",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "payload": [{"contentString": "How is the pain today?"}],
+    }
+    resource.update(overrides)
+    return resource
+
+
+def observation(patient_id: str, **overrides: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "72514-3"}]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+    }
+    resource.update(overrides)
+    return resource

@@ -33,7 +33,9 @@ def search_bundle(ctx: FhirContext, resource_type: str, params: list[tuple[str, 
         strict=ctx.prefer("handling") == "strict",
     )
     result = run_search(ctx.repository, request)
-    link_params = [(k, v) for k, v in params if k not in _NOT_IN_LINKS]
+    # Links carry only the parameters the search used (search.html#self): not the ignored ones.
+    unused = _NOT_IN_LINKS | set(request.ignored)
+    link_params = [(k, v) for k, v in params if k not in unused]
     search_url = f"{ctx.base_url}/{resource_type}"
 
     def link(extra: list[tuple[str, str]]) -> str:

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlmodel import Session
 
 from careplan_fhir.errors import InvalidRequest
-from careplan_fhir.fhir.dates import DateFormatError, parse_range
+from careplan_fhir.fhir.dates import DateFormatError, parse_range, to_naive_utc, utc_now
 from careplan_fhir.fhir.search_parameters import (
     SPECIAL_PARAMETERS,
     SearchParameter,
@@ -118,6 +118,8 @@ class SearchRequest:
     #: The parameters that define the result set, re-emitted in paging links.
     canonical_params: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    #: This server's base URL: absolute references under it are local, all others external.
+    base_url: str = ""
 
 
 @dataclass
@@ -134,10 +136,39 @@ class SearchResult:
 # -- parsing ---------------------------------------------------------------------------------
 
 
+_ESCAPED = re.compile(r"\\([,|$\\])")
+
+
+def split_escaped(text: str, separator: str) -> list[str]:
+    """Split on ``separator`` where it is not escaped with a backslash; keep the escapes.
+
+    https://hl7.org/fhir/R4/search.html#escaping: ``\\,`` ``\\|`` ``\\$`` and ``\\\\`` are
+    literal characters of a value, not separators.
+    """
+    parts: list[str] = []
+    current: list[str] = []
+    characters = iter(text)
+    for character in characters:
+        if character == "\\":
+            current.append(character)
+            current.append(next(characters, ""))
+        elif character == separator:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(character)
+    parts.append("".join(current))
+    return parts
+
+
+def unescape(text: str) -> str:
+    """Remove the backslash of ``\\,`` ``\\|`` ``\\$`` and ``\\\\``."""
+    return _ESCAPED.sub(r"\1", text)
+
+
 def split_values(text: str) -> list[str]:
     """Split on commas not escaped with a backslash, and unescape ``\\,`` ``\\|`` ``\\$``."""
-    parts = re.split(r"(?<!\\),", text)
-    return [re.sub(r"\\([,|$\\])", r"\1", part) for part in parts]
+    return [unescape(part) for part in split_escaped(text, ",")]
 
 
 def parse_search(
@@ -150,7 +181,7 @@ def parse_search(
     strict: bool = False,
 ) -> SearchRequest:
     """Turn query parameters into a :class:`SearchRequest`; unknown ones are ignored or 400."""
-    request = SearchRequest(resource_type, count=default_count)
+    request = SearchRequest(resource_type, count=default_count, base_url=base_url.rstrip("/"))
     known = parameters_for(resource_type)
     for raw_name, value in params:
         name, _, modifier = raw_name.partition(":")
@@ -265,13 +296,11 @@ def _condition(
         return not_(present) if value == "true" else present
     table = _TABLES[param.type]
     alternatives: list[ColumnElement[bool]] = []
-    for item in split_values(value):
+    for item in split_escaped(value, ","):
         if item == "":
             raise InvalidRequest(f"Empty value for search parameter {param.name}")
         alternatives.append(_value_condition(param, table, modifier, item, target_type, base_url))
-    matching: ColumnElement[bool] = _resource.c.pk.in_(
-        _index_subquery(param, or_(*alternatives))
-    )
+    matching: ColumnElement[bool] = _resource.c.pk.in_(_index_subquery(param, or_(*alternatives)))
     return not_(matching) if modifier == "not" else matching
 
 
@@ -283,25 +312,27 @@ def _value_condition(
     target_type: str | None,
     base_url: str,
 ) -> ColumnElement[bool]:
+    """One value of a parameter (``item`` still carries its ``\\`` escapes)."""
     if param.type == "token":
         return _token_condition(table, item)
-    if param.type == "string":
-        if modifier == "exact":
-            return table.c.value_exact == item  # type: ignore[no-any-return]
-        text = _escape_like(normalise_string(item))
-        pattern = f"%{text}%" if modifier == "contains" else f"{text}%"
-        return table.c.value_norm.like(pattern, escape="\\")  # type: ignore[no-any-return]
     if param.type == "reference":
         return _reference_condition(table, item, target_type or param.target, base_url)
+    if param.type == "quantity":
+        return _quantity_condition(table, item, param.name)
+    text = unescape(item)
+    if param.type == "string":
+        if modifier == "exact":
+            return table.c.value_exact == text  # type: ignore[no-any-return]
+        pattern = _escape_like(normalise_string(text))
+        pattern = f"%{pattern}%" if modifier == "contains" else f"{pattern}%"
+        return table.c.value_norm.like(pattern, escape="\\")  # type: ignore[no-any-return]
     if param.type == "date":
-        prefix, text = _split_prefix(item)
+        prefix, text = _split_prefix(text)
         return _date_condition(table.c.low, table.c.high, prefix, text, param.name)
     if param.type == "uri":
         if modifier == "below":
-            return table.c.uri.like(_escape_like(item) + "%", escape="\\")  # type: ignore[no-any-return]
-        return table.c.uri == item  # type: ignore[no-any-return]
-    if param.type == "quantity":
-        return _quantity_condition(table, item, param.name)
+            return table.c.uri.like(_escape_like(text) + "%", escape="\\")  # type: ignore[no-any-return]
+        return table.c.uri == text  # type: ignore[no-any-return]
     raise InvalidRequest(f"Search parameter type {param.type} is not supported")
 
 
@@ -309,10 +340,18 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def _split_pipe(item: str) -> list[str]:
+    """``item`` split at its first unescaped ``|`` (into at most two parts), then unescaped."""
+    parts = split_escaped(item, "|")
+    return [unescape(part) for part in (parts[:1] + ["|".join(parts[1:])] if parts[1:] else parts)]
+
+
 def _token_condition(table: Any, item: str) -> ColumnElement[bool]:
-    if "|" not in item:
-        return table.c.code == item  # type: ignore[no-any-return]
-    system, code = item.split("|", 1)
+    """``[code]``, ``[system]|[code]``, ``|[code]`` or ``[system]|`` (search.html#token)."""
+    parts = _split_pipe(item)
+    if len(parts) == 1:
+        return table.c.code == parts[0]  # type: ignore[no-any-return]
+    system, code = parts
     if system == "":
         return and_(table.c.system.is_(None), table.c.code == code)
     if code == "":
@@ -320,28 +359,55 @@ def _token_condition(table: Any, item: str) -> ColumnElement[bool]:
     return and_(table.c.system == system, table.c.code == code)
 
 
+def _is_absolute(text: str) -> bool:
+    return "://" in text or text.startswith("urn:")
+
+
+def local_target(table: Any, base_url: str) -> ColumnElement[bool]:
+    """Index rows whose reference points into this server: relative, or absolute on our base.
+
+    ``http://other.example.org/fhir/Patient/1`` is another server's Patient/1, not ours
+    (https://hl7.org/fhir/R4/references.html#literal).
+    """
+    relative: ColumnElement[bool] = table.c.target_url.is_(None)
+    if not base_url:
+        return relative
+    return or_(relative, table.c.target_url.startswith(base_url + "/", autoescape=True))
+
+
 def _reference_condition(
     table: Any, item: str, target_type: str | None, base_url: str
 ) -> ColumnElement[bool]:
-    if base_url and item.startswith(base_url.rstrip("/") + "/"):
-        item = item[len(base_url.rstrip("/")) + 1 :]
-    ref_type, ref_id, url, version = parse_reference(item)
-    if url is not None:
-        # Absolute or canonical: match the URL as stored, or a relative Type/id on our server.
-        by_url = table.c.target_url == url
+    """``[type]/[id]``, ``[id]``, an absolute URL, or a canonical ``url|version``.
+
+    https://hl7.org/fhir/R4/search.html#reference; an absolute URL on this server's base is the
+    same as the relative reference.
+    """
+    parts = _split_pipe(item)
+    text, version = parts[0], (parts[1] if len(parts) > 1 else None)
+    base = base_url.rstrip("/")
+    if base and text.startswith(base + "/") and not version:
+        text = text[len(base) + 1 :]
+    if _is_absolute(text):
+        by_url: ColumnElement[bool] = table.c.target_url == text
         if version:
             by_url = and_(by_url, table.c.target_version == version)
-        return by_url  # type: ignore[no-any-return]
+        return by_url
+    if version:
+        raise InvalidRequest(f"{item!r}: only a canonical URL can carry a |version")
+    ref_type, ref_id, _, _ = parse_reference(text)
     if ref_type is None:
-        if "/" in item:
-            raise InvalidRequest(f"{item!r} is not a reference (Type/id or id)")
-        criteria = [table.c.target_id == item]
+        if "/" in text or text.startswith("#"):
+            raise InvalidRequest(f"{item!r} is not a reference (Type/id, id or a URL)")
+        criteria = [table.c.target_id == text, local_target(table, base)]
         if target_type:
             criteria.append(table.c.target_type == target_type)
         return and_(*criteria)
     if target_type and ref_type != target_type:
         return false()
-    return and_(table.c.target_type == ref_type, table.c.target_id == ref_id)
+    return and_(
+        table.c.target_type == ref_type, table.c.target_id == ref_id, local_target(table, base)
+    )
 
 
 def _split_prefix(item: str) -> tuple[str, str]:
@@ -350,11 +416,21 @@ def _split_prefix(item: str) -> tuple[str, str]:
     return "eq", item
 
 
-def _date_condition(low: Any, high: Any, prefix: str, text: str, name: str) -> ColumnElement[bool]:
+def _parse_date_value(text: str, name: str) -> tuple[datetime, datetime]:
+    """The search value's ``[low, high)``; a space is read as the ``+`` of a time-zone offset.
+
+    Clients often leave the ``+`` of ``2026-03-01T10:00:00+02:00`` unencoded in a URL, where
+    it arrives as a space; no valid value contains a space, so the reading is unambiguous.
+    """
     try:
-        p_low, p_high = parse_range(text)
+        return parse_range(text.replace(" ", "+"))
     except DateFormatError as exc:
         raise InvalidRequest(f"{name}: {exc}") from None
+
+
+def _date_condition(low: Any, high: Any, prefix: str, text: str, name: str) -> ColumnElement[bool]:
+    """A range-to-range comparison per prefix (https://hl7.org/fhir/R4/search.html#prefix)."""
+    p_low, p_high = _parse_date_value(text, name)
     contained = and_(low >= p_low, high <= p_high)
     if prefix == "eq":
         return contained
@@ -373,18 +449,23 @@ def _date_condition(low: Any, high: Any, prefix: str, text: str, name: str) -> C
     if prefix == "eb":
         return high <= p_low  # type: ignore[no-any-return]
     # ap: approximately; the spec leaves the margin to the server: 10% of the gap to now.
-    margin = max(abs(datetime.now() - p_low) / 10, timedelta(days=1))
+    margin = max(abs(to_naive_utc(utc_now()) - p_low) / 10, timedelta(days=1))
     return and_(low < p_high + margin, high > p_low - margin)
 
 
 def _quantity_condition(table: Any, item: str, name: str) -> ColumnElement[bool]:
+    """``[prefix][number]|[system]|[code]`` (https://hl7.org/fhir/R4/search.html#quantity)."""
     prefix, text = _split_prefix(item)
-    number, _, unit_part = text.partition("|")
-    system, _, code = unit_part.partition("|")
+    parts = [unescape(part) for part in split_escaped(text, "|")]
+    if len(parts) not in (1, 3):
+        raise InvalidRequest(f"{name}: {item!r} is not number or number|system|code")
+    number, system, code = (parts + ["", ""])[:3]
     try:
         value = Decimal(number)
     except InvalidOperation:
         raise InvalidRequest(f"{name}: {number!r} is not a number") from None
+    if not value.is_finite():
+        raise InvalidRequest(f"{name}: {number!r} is not a finite number")
     exponent = value.as_tuple().exponent
     half = Decimal(5) * Decimal(10) ** (int(exponent) - 1) if isinstance(exponent, int) else 0
     lower, upper = float(value - half), float(value + half)
@@ -399,7 +480,8 @@ def _quantity_condition(table: Any, item: str, name: str) -> ColumnElement[bool]
         "le": column <= float(value),
         "sa": column > float(value),
         "eb": column < float(value),
-        "ap": and_(column >= float(value) * 0.9, column <= float(value) * 1.1),
+        # ap: within 10% of the value (the spec leaves the margin to the server).
+        "ap": column.between(*sorted((float(value) * 0.9, float(value) * 1.1))),
     }
     criteria.append(comparisons[prefix])
     if system:
@@ -427,10 +509,7 @@ def _special_condition(name: str, modifier: str, value: str) -> ColumnElement[bo
 
 def _instant_condition(prefix: str, text: str, name: str) -> ColumnElement[bool]:
     column = _resource.c.last_updated
-    try:
-        p_low, p_high = parse_range(text)
-    except DateFormatError as exc:
-        raise InvalidRequest(f"{name}: {exc}") from None
+    p_low, p_high = _parse_date_value(text, name)
     comparisons: dict[str, ColumnElement[bool]] = {
         "eq": and_(column >= p_low, column < p_high),
         "ne": or_(column < p_low, column >= p_high),
@@ -455,14 +534,15 @@ def _sort_expression(resource_type: str, key: str, descending: bool) -> Any:
         return _resource.c.last_updated
     param = parameters_for(resource_type)[key]
     table = _TABLES[param.type]
-    column = {
-        "date": table.c.high if descending else table.c.low,
-        "string": table.c.value_norm,
-        "token": table.c.code,
-        "reference": table.c.target_id,
-        "uri": table.c.uri,
-        "quantity": table.c.value,
+    column_name = {
+        "date": "high" if descending else "low",
+        "string": "value_norm",
+        "token": "code",
+        "reference": "target_id",
+        "uri": "uri",
+        "quantity": "value",
     }[param.type]
+    column = table.c[column_name]
     aggregate = func.max(column) if descending else func.min(column)
     return (
         select(aggregate)
@@ -576,10 +656,10 @@ def _resolve_includes(
         found: list[StoredResource] = []
         for include in request.includes:
             if depth == 0 or include.iterate:
-                found.extend(_forward_include(repository, include, frontier))
+                found.extend(_forward_include(repository, include, frontier, request.base_url))
         for include in request.revincludes:
             if depth == 0 or include.iterate:
-                found.extend(_reverse_include(repository, include, frontier))
+                found.extend(_reverse_include(repository, include, frontier, request.base_url))
         new = []
         for resource in found:
             key = (resource.resource_type, resource.id)
@@ -594,48 +674,112 @@ def _resolve_includes(
 
 
 def _forward_include(
-    repository: Repository, include: Include, sources: list[StoredResource]
+    repository: Repository, include: Include, sources: list[StoredResource], base_url: str
 ) -> list[StoredResource]:
+    """The targets of ``include`` from ``sources``: local references by type and id, canonical
+    references (any other absolute URL) by the ``url`` of the resource that defines it.
+    """
     pks = [s.pk for s in sources if s.resource_type == include.source_type]
     if not pks:
         return []
     table = _TABLES["reference"]
-    criteria = [table.c.resource_pk.in_(pks), table.c.target_id.is_not(None)]
+    criteria = [table.c.resource_pk.in_(pks)]
     if include.param != "*":
         criteria.append(table.c.param == include.param)
     if include.target_type:
         criteria.append(table.c.target_type == include.target_type)
-    targets = repository.session.execute(
-        select(table.c.target_type, table.c.target_id).where(*criteria).distinct()
+    references = repository.session.execute(
+        select(
+            table.c.target_type,
+            table.c.target_id,
+            table.c.target_url,
+            table.c.target_version,
+            local_target(table, base_url).label("local"),
+        )
+        .where(*criteria)
+        .distinct()
     ).all()
-    if not targets:
-        return []
-    target_pks = (
-        repository.session.execute(
-            select(_resource.c.pk).where(
-                tuple_(_resource.c.res_type, _resource.c.res_id).in_(
-                    [(t.target_type, t.target_id) for t in targets]
+    local = {(r.target_type, r.target_id) for r in references if r.local and r.target_id}
+    target_pks: list[int] = []
+    if local:
+        target_pks.extend(
+            repository.session.execute(
+                select(_resource.c.pk)
+                .where(tuple_(_resource.c.res_type, _resource.c.res_id).in_(sorted(local)))
+                .order_by(_resource.c.pk)
+            )
+            .scalars()
+            .all()
+        )
+    canonicals = {(r.target_url, r.target_version) for r in references if not r.local}
+    target_pks.extend(_resources_by_canonical(repository, canonicals, include.target_type))
+    return repository.load_many(sorted(set(target_pks)))
+
+
+def _resources_by_canonical(
+    repository: Repository, canonicals: set[tuple[str, str | None]], target_type: str | None
+) -> list[int]:
+    """Resources whose ``url`` (and ``version``, when the canonical names one) match."""
+    uri = _TABLES["uri"]
+    token = _TABLES["token"]
+    found: list[int] = []
+    for url, version in sorted(canonicals, key=lambda c: (c[0], c[1] or "")):
+        criteria = [uri.c.param == "url", uri.c.uri == url]
+        if target_type:
+            criteria.append(uri.c.res_type == target_type)
+        if version:
+            criteria.append(
+                uri.c.resource_pk.in_(
+                    select(token.c.resource_pk).where(
+                        token.c.param == "version", token.c.code == version
+                    )
                 )
             )
+        found.extend(
+            repository.session.execute(select(uri.c.resource_pk).where(*criteria)).scalars().all()
         )
-        .scalars()
-        .all()
+    return found
+
+
+def _canonicals_of(repository: Repository, pks: list[int]) -> list[tuple[str, str | None]]:
+    """``(url, version)`` of the resources ``pks`` that have a canonical ``url``."""
+    uri = _TABLES["uri"]
+    token = _TABLES["token"]
+    version = (
+        select(func.min(token.c.code))
+        .where(token.c.resource_pk == uri.c.resource_pk, token.c.param == "version")
+        .scalar_subquery()
     )
-    return repository.load_many(list(target_pks))
+    rows = repository.session.execute(
+        select(uri.c.uri, version.label("version"))
+        .where(uri.c.resource_pk.in_(pks), uri.c.param == "url")
+        .order_by(uri.c.resource_pk)
+    ).all()
+    return [(row.uri, row.version) for row in rows]
 
 
 def _reverse_include(
-    repository: Repository, include: Include, targets: list[StoredResource]
+    repository: Repository, include: Include, targets: list[StoredResource], base_url: str
 ) -> list[StoredResource]:
+    """Resources of ``include.source_type`` whose ``include.param`` points at ``targets``:
+    by a local reference, or by a canonical reference to a target's ``url``.
+    """
     if not targets:
         return []
     table = _TABLES["reference"]
-    criteria = [
-        table.c.res_type == include.source_type,
+    pointing: ColumnElement[bool] = and_(
         tuple_(table.c.target_type, table.c.target_id).in_(
-            [(t.resource_type, t.id) for t in targets]
+            sorted((t.resource_type, t.id) for t in targets)
         ),
-    ]
+        local_target(table, base_url),
+    )
+    for url, version in _canonicals_of(repository, [t.pk for t in targets]):
+        # A canonical without |version means whichever version is current: it points here too.
+        same_version = table.c.target_version.is_(None)
+        if version:
+            same_version = or_(same_version, table.c.target_version == version)
+        pointing = or_(pointing, and_(table.c.target_url == url, same_version))
+    criteria = [table.c.res_type == include.source_type, pointing]
     if include.param != "*":
         criteria.append(table.c.param == include.param)
     source_pks = (
