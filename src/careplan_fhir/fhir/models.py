@@ -229,7 +229,9 @@ def mandatory_elements(resource_type: str) -> frozenset[str]:
     names = set()
     for attribute, field in get_fhir_model_class(resource_type).model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        if extra.get("element_required"):
+        # Required primitives are flagged element_required; required complex elements
+        # (CarePlan.subject, Provenance.target) are plain required pydantic fields.
+        if extra.get("element_required") or field.is_required():
             names.add(field.alias or attribute)
     return frozenset(names)
 
