@@ -48,7 +48,8 @@ instructions:
     timing:
       text: every 6 hours as needed
       frequency: 1
-      period: 6
+      period: 4
+      period_max: 6
       period_unit: h
 warning_signs:
   - id: fever
@@ -94,7 +95,12 @@ def test_read_authored_document() -> None:
     assert shower.offset_max == Quantity(Decimal(3), "d")
     medicine = guidance.instructions[3].timing
     assert medicine is not None and medicine.text == "every 6 hours as needed"
-    assert (medicine.frequency, medicine.period, medicine.period_unit) == (1, Decimal(6), "h")
+    assert (medicine.frequency, medicine.period, medicine.period_max, medicine.period_unit) == (
+        1,
+        Decimal(4),
+        Decimal(6),
+        "h",
+    )
     fever, pain, swelling, breathing = guidance.warning_signs
     assert fever.condition == Condition("body-temperature", ">=", parameter="fever_threshold")
     assert pain.condition == Condition("pain-score", ">", Quantity(Decimal(7), "{score}"))

@@ -99,6 +99,7 @@ _TIMING_FIELDS = (
     "frequency",
     "frequency_max",
     "period",
+    "period_max",
     "period_unit",
     "until",
 )
@@ -555,6 +556,7 @@ def _read_timing(reader: _Reader, value: Any, node: yaml.Node | None, path: str)
         frequency=reader.integer(data, node, path, "frequency"),
         frequency_max=reader.integer(data, node, path, "frequency_max"),
         period=reader.decimal(data, node, path, "period"),
+        period_max=reader.decimal(data, node, path, "period_max"),
         period_unit=reader.choice(data, node, path, "period_unit", TIME_UNITS),
         until=reader.text_field(data, node, path, "until"),
     )
@@ -568,6 +570,10 @@ def _read_timing(reader: _Reader, value: Any, node: yaml.Node | None, path: str)
         reader.fail(_join(path, "period_unit"), "is required with frequency", node)
     if timing.frequency is None and (timing.period is not None or timing.period_unit is not None):
         reader.fail(_join(path, "frequency"), "is required with period and period_unit", node)
+    if timing.period_max is not None and (
+        timing.period is None or timing.period_max < timing.period
+    ):
+        reader.fail(_join(path, "period_max"), "needs a period no larger than it", node)
     if timing.frequency is not None and timing.period is None:
         timing.period = Decimal(1)
     timing.text = reader.text_field(data, node, path, "text") or describe_timing(timing)
@@ -695,12 +701,14 @@ def describe_timing(timing: Timing) -> str:
         if timing.frequency_max is not None:
             count += f" to {timing.frequency_max}"
         period = timing.period or Decimal(1)
-        every = (
-            f"a {_UNIT_WORDS[timing.period_unit]}"
-            if period == 1
-            else f"every {_spoken(Quantity(period, timing.period_unit))}"
-        )
-        parts.append(f"{count} time{'' if count == '1' else 's'} {every}")
+        if timing.period_max is not None:
+            upper = _spoken(Quantity(timing.period_max, timing.period_unit))
+            every = f"every {_number(period)} to {upper}"
+        elif period == 1:
+            every = f"a {_UNIT_WORDS[timing.period_unit]}"
+        else:
+            every = f"every {_spoken(Quantity(period, timing.period_unit))}"
+        parts.append(f"{'once' if count == '1' else count + ' times'} {every}")
     if timing.duration is not None:
         parts.append(f"for {_spoken(timing.duration)}")
     if timing.until is not None:
@@ -840,7 +848,7 @@ def _timing_entry(timing: Timing) -> dict[str, Any]:
         value = getattr(timing, key)
         if value is not None:
             entry[key] = _quantity_text(value)
-    for key in ("frequency", "frequency_max", "period", "period_unit", "until"):
+    for key in ("frequency", "frequency_max", "period", "period_max", "period_unit", "until"):
         value = getattr(timing, key)
         if value is not None:
             entry[key] = value

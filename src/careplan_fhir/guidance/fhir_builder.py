@@ -543,6 +543,8 @@ def _timing_elements(timing: Timing) -> dict[str, Any]:
         if timing.frequency_max is not None:
             repeat["frequencyMax"] = timing.frequency_max
         repeat["period"] = timing.period if timing.period is not None else Decimal(1)
+        if timing.period_max is not None:
+            repeat["periodMax"] = timing.period_max
         repeat["periodUnit"] = timing.period_unit or "d"
         elements["timingTiming"] = {"repeat": repeat, "code": {"text": timing.text}}
     elif timing.duration is not None:

@@ -36,6 +36,20 @@ TYPE_INTERACTIONS = (
 )
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
 
+#: Operations on a type: the OperationDefinitions in profiles/.
+TYPE_OPERATIONS = {
+    "PlanDefinition": [
+        {
+            "name": "import",
+            "definition": f"{PROJECT_CANONICAL}/OperationDefinition/PlanDefinition-import",
+            "documentation": (
+                "Import recovery guidance (leaflet or authored YAML) as draft artifacts:"
+                " PlanDefinition, ActivityDefinitions, check-in Questionnaire, DocumentReference."
+            ),
+        }
+    ],
+}
+
 #: Reverse includes clients of care plans ask for; any reference parameter works the same way.
 REVINCLUDES = (
     "Provenance:target",
@@ -93,6 +107,8 @@ def _resources() -> list[dict[str, Any]]:
                 "searchParam": _search_params(resource_type),
             }
         )
+        if resource_type in TYPE_OPERATIONS:
+            resources[-1]["operation"] = TYPE_OPERATIONS[resource_type]
     return resources
 
 
