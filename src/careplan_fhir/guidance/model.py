@@ -68,6 +68,8 @@ class Timing:
     period_unit: str | None = None
     #: What lifts a prohibition when it is not a duration ("until your team says so").
     until: str | None = None
+    #: Upper bound of ``period`` for ranges such as "every 4 to 6 hours".
+    period_max: Decimal | None = None
 
 
 @dataclass
