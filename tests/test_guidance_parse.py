@@ -416,12 +416,12 @@ def test_prohibitions_and_what_lifts_them(sentence: str, lift: str | None, value
         assert instruction.timing.until
 
 
-def test_clinician_lifted_prohibition_gets_an_optional_parameter() -> None:
+def test_clinician_lifted_prohibition_keeps_the_lift_as_words() -> None:
     guidance = parse_guidance("Bathing\n\nAvoid tub baths until your surgeon says it is safe.\n")
     [instruction] = guidance.instructions
-    assert instruction.parameter == "bathing_allowed_after"
-    [parameter] = guidance.parameters
-    assert parameter.required is False and parameter.default is None
+    assert instruction.timing is not None
+    assert instruction.timing.until == "your surgeon says it is safe"
+    assert instruction.parameter is None and guidance.parameters == []
 
 
 def test_semicolon_clauses_are_separate_instructions() -> None:

@@ -374,6 +374,7 @@ _BLOCK_TAGS = frozenset(
         "section", "summary", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul",
     }
 )  # fmt: skip
+_BREAK = "\x00"
 _HEADING_TAGS = {f"h{n}": n for n in range(1, 7)}
 _STRONG_TAGS = frozenset({"b", "strong"})
 _ENTITY = r"(?:&[#A-Za-z0-9]+;)"
@@ -455,7 +456,7 @@ def _html_pieces(soup: BeautifulSoup) -> list[_HtmlPiece]:
     def flush(kind: BlockKind, level: int, cue: str | None, depth: int) -> None:
         raw = "".join(buffer)
         buffer.clear()
-        lines = [" ".join(line.split()) for line in raw.split("\n")]
+        lines = [" ".join(line.split()) for line in raw.split(_BREAK)]
         lines = [line for line in lines if line]
         if not lines:
             return
@@ -480,7 +481,8 @@ def _html_pieces(soup: BeautifulSoup) -> list[_HtmlPiece]:
             if isinstance(child, Comment | Declaration | Doctype | ProcessingInstruction):
                 continue
             if isinstance(child, NavigableString):
-                buffer.append(str(child))
+                # Source line breaks are spaces in HTML; only <br> breaks a line.
+                buffer.append(re.sub(r"\s", " ", str(child)))
                 continue
             if not isinstance(child, Tag):
                 continue
@@ -488,7 +490,7 @@ def _html_pieces(soup: BeautifulSoup) -> list[_HtmlPiece]:
             if name in _SKIPPED_TAGS:
                 continue
             if name == "br":
-                buffer.append("\n")
+                buffer.append(_BREAK)
                 continue
             if name not in _BLOCK_TAGS:
                 walk(child, depth, own)

@@ -51,14 +51,24 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+_CLAUSE_BREAK = re.compile(
+    r";\s*|,?\s+(?:but|and)\s+(?=(?:do\s+not|don[’']?t|never|avoid)\b)", re.IGNORECASE
+)
+
+
 def split_clauses(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    """Split a sentence at semicolons joining two full clauses ("Avoid baths; showers are fine")."""
+    """Split a sentence where a do and a do-not meet ("Avoid baths; showers are fine", "Walk
+    daily, but do not run"); clauses of the same polarity stay one instruction."""
     pieces: list[tuple[int, int]] = []
     cursor = start
-    for match in re.finditer(r";\s*", text[start:end]):
-        cut = start + match.start()
-        after = start + match.end()
-        if len(text[cursor:cut].split()) >= 3 and len(text[after:end].split()) >= 3:
+    for match in _CLAUSE_BREAK.finditer(text, start, end):
+        cut, after = match.start(), match.end()
+        before, rest = text[cursor:cut], text[after:end]
+        if (
+            len(before.split()) >= 3
+            and len(rest.split()) >= 3
+            and is_prohibition(before) != is_prohibition(rest)
+        ):
             pieces.append((cursor, cut))
             cursor = after
     pieces.append((cursor, end))
@@ -86,7 +96,9 @@ _SUPPLY_CONTEXT = re.compile(
     r"\bsupplies\b|\bthings?\s+(?:to|you(?:'ll|’ll|\s+will)?\s+(?:need|want))\b"
     r"|\bwhat\s+(?:will\s+|do\s+|should\s+)?(?:i|you)\s+(?:need|have|buy|get)\b"
     r"|\b(?:need|have|keep)\s+(?:at|in\s+the)\s+home\b|\b(?:on|at)\s+hand\b|\bshopping\b"
-    r"|\bequipment\b|\bwhat\s+to\s+(?:bring|buy|get|have)\b|\byou\s+will\s+need\s*:",
+    r"|\bequipment\b|\bwhat\s+to\s+(?:bring|buy|get|have)\b|\byou\s+will\s+need\s*:"
+    r"|\b(?:items|things)\b[^.]*\b(?:ready|at\s+home|on\s+hand|to\s+have|you\s+need)\b"
+    r"|\bhave\s+(?:these|the\s+following)\b[^.]*\bready\b",
     re.IGNORECASE,
 )
 _DESCRIPTIVE_CONTEXT = re.compile(
@@ -123,7 +135,8 @@ VERBS = _word_set(
     """
     add allow apply ask attend avoid bathe begin bend breathe bring brush buy call carry change
     check chew choose clean climb close contact continue cough count cover do drink drive dry
-    eat elevate empty exercise fill flex follow get go have hold ice include increase inspect
+    eat elevate empty fly cook kneel ride set travel work play squat lean
+    exercise fill flex follow get go have hold ice include increase inspect
     keep leave let lie lift limit listen look make massage measure monitor move nap note notify
     pat phone pick place plan point practice practise prepare prevent prop protect pull push put
     raise read record reduce refill relax remember remove replace report rest restrict resume
@@ -172,7 +185,8 @@ _PROHIBITION_START = re.compile(
     r"refrain|limit(?:ing)?|restrict(?:ing)?|try\s+not\s+to|be\s+careful\s+not\s+to|"
     r"you\s+(?:should|must|may|can)\s*not|you\s+(?:shouldn[’']?t|mustn[’']?t|can[’']?t|cannot)|"
     r"you\s+(?:are\s+not|aren[’']?t)\s+(?:allowed|able|supposed)\s+to|"
-    r"it\s+is\s+not\s+(?:ok|okay|safe|a\s+good\s+idea)\s+to|not\s+(?!only\b)\w+ing\b)\b",
+    r"it\s+is\s+not\s+(?:ok|okay|safe|a\s+good\s+idea)\s+to|not\s+(?!only\b)\w+ing\b|"
+    r"wait\s+(?:to|before)\s+\w+(?:ing)?\b(?=[^.]*\buntil\b))\b",
     re.IGNORECASE,
 )
 _PROHIBITION_INSIDE = re.compile(
@@ -194,6 +208,37 @@ _PERMISSION = re.compile(
     r"(?:start\s+to\s+|begin\s+to\s+|go\s+back\s+to\s+)?(?P<verb>[a-z]+)",
     re.IGNORECASE,
 )
+_PERMISSION_ANYWHERE = re.compile(
+    r"\byou\s+(?:may|can|could|should|are\s+(?:able|allowed|free)\s+to)\s+"
+    r"(?:now\s+|also\s+|then\s+|slowly\s+|gradually\s+)?(?P<verb>[a-z]+)(?P<rest>\s+\w+\s+\w+)?",
+    re.IGNORECASE,
+)
+_SUBORDINATE = re.compile(
+    r"\b(?:that|which|who|whether|what|how|until|before|tells?|says?|when|if|because|so)\b",
+    re.IGNORECASE,
+)
+_GO_BACK = re.compile(r"^\s+(?:back\s+to|on\s+with)\b", re.IGNORECASE)
+
+
+def _permission(clause: str) -> bool | None:
+    """ "You may/can <action>" (after at most a short phrase): True; "you may feel…": False."""
+    match = _PERMISSION.match(clause)
+    if match is None:
+        found = _PERMISSION_ANYWHERE.search(clause)
+        if found is None:
+            return None
+        prefix = clause[: found.start()]
+        if len(prefix.split()) > 6 or _SUBORDINATE.search(prefix):
+            return None
+        match = found
+    verb = match["verb"].lower()
+    rest = match.groupdict().get("rest") or ""
+    if verb in {"go", "get"} and _GO_BACK.match(clause[match.end("verb") :]):
+        return True
+    _ = rest
+    return verb in VERBS and verb not in _EXPERIENCE_VERBS
+
+
 _RECOMMENDED = re.compile(
     r"\b(?:is|are)\s+(?:strongly\s+|highly\s+)?(?:recommended|advised|encouraged|allowed|"
     r"permitted)\b",
@@ -207,6 +252,18 @@ _DESCRIPTIVE_START = re.compile(
     re.IGNORECASE,
 )
 _WORDS = re.compile(r"[A-Za-z][A-Za-z’'\-]*")
+#: Sentences about the leaflet itself ("Read this page with…") are not care instructions.
+_META = re.compile(
+    r"\b(?:this|these)\s+(?:page|pages|instructions|leaflet|handout|sheet|guide|booklet|"
+    r"information|article)\b",
+    re.IGNORECASE,
+)
+#: "Walking helps…": a gerund that is the subject of a statement, not an instruction.
+_GERUND_SUBJECT = re.compile(
+    r"^\w+ing\b[^,.;:]{0,60}?\b(?:helps?|can|is|are|will|may|might|lowers?|reduces?|makes?|"
+    r"improves?|speeds?|prevents?)\b",
+    re.IGNORECASE,
+)
 
 
 def main_clause(sentence: str) -> str:
@@ -257,7 +314,7 @@ def is_instruction(sentence: str, *, bullet: bool = False, role: Role = "care") 
     Under a descriptive heading only imperatives and prohibitions count.
     """
     clause = main_clause(sentence)
-    if not _WORDS.search(clause):
+    if not _WORDS.search(clause) or _META.search(clause):
         return False
     if is_prohibition(sentence):
         return True
@@ -273,18 +330,32 @@ def is_instruction(sentence: str, *, bullet: bool = False, role: Role = "care") 
     if verb in {"see", "look"}:
         return bool(re.match(r"^(?:see\s+your|look\s+(?:at|for|out))\b", clause, re.IGNORECASE))
     if bullet and verb is not None and _gerund_verb(verb):
-        return True
+        return not _GERUND_SUBJECT.match(clause)
     if role == "descriptive":
         return False
     if _ADVISORY.match(clause):
         return True
-    permission = _PERMISSION.match(clause)
+    permission = _permission(clause)
     if permission is not None:
-        permitted = permission["verb"].lower()
-        return permitted in VERBS and permitted not in _EXPERIENCE_VERBS
+        return permission
     if _DESCRIPTIVE_START.match(clause):
         return False
     return bool(_RECOMMENDED.search(clause)) and len(clause.split()) <= 30
+
+
+_FOLLOW_UP_STATEMENT = re.compile(
+    r"\bwill\s+see\s+(?:you|your)\b|\b(?:visit|appointment|follow-up|check-up)\b[^.]*\bwill\s+be\b"
+    r"|\byou\s+will\s+(?:see|visit|meet)\s+(?:your|the)\b|\bwill\s+(?:call|contact)\s+you\b[^.]*"
+    r"\b(?:appointment|visit)\b",
+    re.IGNORECASE,
+)
+
+
+def is_follow_up_statement(sentence: str) -> bool:
+    """A statement of a planned follow-up visit ("You will see your surgeon in 2 weeks")."""
+    return bool(_FOLLOW_UP_STATEMENT.search(sentence)) and bool(
+        re.search(r"\b\d+|\b(?:one|two|three|four|five|six)\s+(?:days?|weeks?)\b", sentence)
+    )
 
 
 def is_descriptive(sentence: str) -> bool:
@@ -313,7 +384,7 @@ KIND_CUES: dict[InstructionKind, tuple[_Cue, ...]] = {
         (r"\bprunes?\b|\bpass(?:ing)?\s+gas\b", 1),
     ),
     "hygiene": _cues(
-        (r"\bshowers?(?:ing)?\b|\bbath(?:s|e|ing)?\b|\btub\b|\bhot\s+tubs?\b", 2),
+        (r"\bshowers?(?:ing)?\b|\bbath(?:s|e|ing)?\b|\btub\b|\bhot\s+tubs?\b", 3),
         (r"\bswim(?:ming)?\b|\bpools?\b|\bsoak(?:ing)?\b", 2),
         (r"\bwash\s+your\s+hands\b|\bhand\s+(?:washing|hygiene)\b|\bhygiene\b", 3),
         (r"\bwash(?:ing)?\b|\bsoap\b|\bclean\s+yourself\b", 1),
@@ -343,7 +414,12 @@ KIND_CUES: dict[InstructionKind, tuple[_Cue, ...]] = {
     "monitoring": _cues(
         (r"\b(?:check|take|measure)\s+your\s+temperature\b", 3),
         (r"\bwatch\s+(?:for|out)\b|\bmonitor\w*\b|\bkeep\s+track\b|\bweigh\s+yourself\b", 2),
-        (r"\bcheck\s+(?:the|your)\s+(?:incision|wound|site|skin|feet|legs)\b", 2),
+        (
+            r"\b(?:check|look\s+at|inspect|watch)\s+(?:the|your)\s+(?:\w+\s+)?"
+            r"(?:incisions?|wounds?|site|skin|feet|legs|port)\b",
+            3,
+        ),
+        (r"\bfor\s+(?:any\s+)?(?:redness|swelling|signs|drainage|changes)\b", 1),
         (r"\blook\s+(?:for|at)\b|\bthermometer\b|\btemperature\b|\brecord\b|\blog\b", 1),
         (r"\bwrite\s+down\b|\bdiary\b|\bblood\s+(?:pressure|sugar)\b|\bsigns\s+of\b", 1),
     ),
@@ -397,6 +473,9 @@ _HEADING_CUES: dict[InstructionKind, re.Pattern[str]] = {
     "monitoring": re.compile(r"\bmonitoring\b|\bchecking\b|\bwhat\s+to\s+watch\b", re.I),
 }
 _HEADING_PRIOR = 2.5
+_TEMPORAL_CLAUSE = re.compile(
+    r"\b(?:while|when|whenever|if|until|unless|as\s+long\s+as)\b(?=\s+\w)", re.IGNORECASE
+)
 _CONTEXT_WEIGHT = 0.25
 _CONTEXT_CAP = 1.0
 
@@ -447,7 +526,13 @@ def classify_kind(
     """The instruction kind of a sentence: its own cues, the section heading as a prior, and
     (weakly) the other sentences of its block or lead-in as ``context``."""
     order = list(KIND_CUES)
-    scores: dict[InstructionKind, float] = dict(kind_scores(main_clause(sentence)))
+    clause = main_clause(sentence)
+    # Cues in a "while/when/if/until …" clause say when, not what: they count half.
+    split = _TEMPORAL_CLAUSE.search(clause)
+    head, tail = (clause[: split.start()], clause[split.start() :]) if split else (clause, "")
+    scores: dict[InstructionKind, float] = dict(kind_scores(head))
+    for kind, score in kind_scores(tail).items():
+        scores[kind] = scores.get(kind, 0.0) + 0.5 * score
     prior = heading_kind(section)
     if prior is not None:
         scores[prior] = scores.get(prior, 0.0) + _HEADING_PRIOR
@@ -475,7 +560,7 @@ _ROUTINE = re.compile(
     re.IGNORECASE,
 )
 _CALL_IF = re.compile(
-    r"^(?:please\s+)?(?:call|contact|phone|ring|page|tell|notify|see|get\s+help|seek\s+\w+\s+\w+"
+    r"^(?:please\s+|also\s+|and\s+)*(?:call|contact|phone|ring|page|get\s+help|seek\s+\w+\s+\w+"
     r"|go\s+to)\b(?P<who>[^.]*?)\b(?:right\s+away\s+|immediately\s+|now\s+)?"
     r"(?:if|when|with\s+any|about\s+any|for\s+any)\s+(?P<sign>.+)$",
     re.IGNORECASE,
@@ -497,19 +582,50 @@ def urgency_of(text: str, context: str = "") -> Urgency:
     return "urgent"
 
 
+_SIGN_BREAK = re.compile(r",?\s*(?:or|and)?\s*\bif\s+|,\s*(?:or|and)\s+(?=you\s)", re.I)
+_SIGN_LEAD = re.compile(
+    r"^(?:you\s+(?:have|notice|develop|get|feel|see|experience)\s+(?:any\s+of\s+these\s*)?)",
+    re.IGNORECASE,
+)
+
+
 def warning_in_sentence(sentence: str) -> str | None:
     """The sign in a "call … if <sign>" / "if <sign>, call …" sentence, or None."""
-    clause = sentence.strip()
+    signs = warnings_in_sentence(sentence)
+    return "; ".join(text for text, _, _ in signs) if signs else None
+
+
+def warnings_in_sentence(sentence: str) -> list[tuple[str, int, int]]:
+    """Each sign in a "call … if <a>, if <b> or if <c>" sentence, with its span in the sentence.
+
+    "if <sign>, call …" gives one sign; a "call … for an appointment" sentence gives none.
+    """
+    clause = sentence.rstrip()
     match = _CALL_IF.match(clause) or _IF_THEN_CALL.match(clause)
     if match is None:
-        return None
-    if match.re is _CALL_IF and re.search(r"\b(?:schedule|appointment)\b", match["who"], re.I):
-        return None
-    sign = match["sign"].strip().rstrip(".!:;").strip()
-    sign = re.sub(r"^(?:you\s+(?:have|notice|develop|get|feel|see|experience)\s+)", "", sign)
-    if not sign:
-        return None
-    return sign[0].upper() + sign[1:]
+        return []
+    if match.re is _CALL_IF and re.search(
+        r"\b(?:schedule|appointment|date|confirm)\b", match["who"], re.I
+    ):
+        return []
+    start, end = match.start("sign"), match.end("sign")
+    pieces: list[tuple[int, int]] = []
+    cursor = start
+    if match.re is _CALL_IF:
+        for brk in _SIGN_BREAK.finditer(clause, start, end):
+            pieces.append((cursor, brk.start()))
+            cursor = brk.end()
+    pieces.append((cursor, end))
+    signs: list[tuple[str, int, int]] = []
+    for piece_start, piece_end in pieces:
+        text = clause[piece_start:piece_end].strip().rstrip(".!:;,").strip()
+        lead = _SIGN_LEAD.match(text)
+        if lead and len(text) > lead.end():
+            text = text[lead.end() :]
+        if len(text.split()) < 1 or text.lower() in {"you", "you have", "any"}:
+            continue
+        signs.append((text[0].upper() + text[1:], piece_start, piece_end))
+    return signs
 
 
 def calls_for_help(sentence: str) -> bool:
@@ -650,6 +766,26 @@ def lifted_by_clinician(until: str) -> bool:
     return bool(_CLINICIAN_LIFT.search(until))
 
 
+_SUPPLY_SENTENCE = re.compile(
+    r"\b(?:make\s+sure\s+(?:that\s+)?you\s+have|have\s+(?:these\s+)?ready|"
+    r"you(?:['’]ll|\s+will)\s+need|keep\s+(?:these\s+)?(?:on\s+hand|nearby|at\s+home)|"
+    r"have\s+on\s+hand|stock\s+up\s+on)\s+(?:some\s+|these\s+|the\s+following\s*:?\s*)?"
+    r"(?P<list>(?!to\b)[^.:;]+)",
+    re.IGNORECASE,
+)
+
+
+def supply_list_in_sentence(sentence: str) -> tuple[int, int] | None:
+    """The span of an inline supply list ("make sure you have gauze, tape and a thermometer")."""
+    match = _SUPPLY_SENTENCE.search(sentence)
+    if match is None:
+        return None
+    listed = match["list"]
+    if "," not in listed and " and " not in listed:
+        return None
+    return match.start("list"), match.end("list")
+
+
 def supply_items(text: str) -> list[tuple[int, int]]:
     """Items of an inline supply list ("gauze, tape and a thermometer") as spans of ``text``."""
     items: list[tuple[int, int]] = []
@@ -699,6 +835,9 @@ __all__ = [
     "defers_fever_threshold",
     "heading_kind",
     "is_descriptive",
+    "is_follow_up_statement",
+    "supply_list_in_sentence",
+    "warnings_in_sentence",
     "is_instruction",
     "is_prohibition",
     "kind_scores",

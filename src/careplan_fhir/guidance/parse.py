@@ -30,16 +30,18 @@ from .classify import (
     context_role,
     defers_fever_threshold,
     is_descriptive,
+    is_follow_up_statement,
     is_instruction,
     is_prohibition,
-    lifted_by_clinician,
     mentions_fever,
     split_clauses,
     split_sentences,
     supply_items,
+    supply_list_in_sentence,
     topic_of,
     urgency_of,
     warning_in_sentence,
+    warnings_in_sentence,
 )
 from .model import (
     GoalSpec,
@@ -275,7 +277,7 @@ class _Reader:
             prohibition=prohibition,
         )
         span = self._span(block, start, end)
-        parameter = self._parameter_for(text, kind, prohibition, timing, span)
+        parameter = self._parameter_for(text, kind, timing, span)
         self.instructions.append(
             Instruction(
                 id=f"inst-{len(self.instructions) + 1}",
@@ -290,9 +292,9 @@ class _Reader:
         )
 
     def _parameter_for(
-        self, text: str, kind: str, prohibition: bool, timing: Timing | None, span: SourceSpan
+        self, text: str, kind: str, timing: Timing | None, span: SourceSpan
     ) -> str | None:
-        """An optional clinician parameter where the leaflet lets the clinician decide."""
+        """An optional clinician parameter where the leaflet gives a value "or as directed"."""
         if timing is None:
             return None
         topic = topic_of(text, kind)
@@ -313,27 +315,6 @@ class _Reader:
                     source=span,
                     units=("h", "d", "wk", "mo"),
                     default=default,
-                )
-            )
-            return name
-        if (
-            prohibition
-            and timing.until is not None
-            and timing.duration is None
-            and lifted_by_clinician(timing.until)
-        ):
-            name = self._unique_name(f"{topic}_allowed_after")
-            self.parameters.append(
-                Parameter(
-                    name=name,
-                    type="Quantity",
-                    description=(
-                        f"When {topic.replace('_', ' ')} may start again; the leaflet says "
-                        f"'until {timing.until}'."
-                    ),
-                    required=False,
-                    source=span,
-                    units=("d", "wk", "mo"),
                 )
             )
             return name
@@ -444,12 +425,24 @@ class _Reader:
         if defers_fever_threshold(text):
             self.add_fever_parameter(self._span(block, start, end))
             return
-        sign = warning_in_sentence(text)
-        if sign is not None:
-            self.add_warning(block, start, end, sign, warn_context, text)
+        signs = warnings_in_sentence(text)
+        if signs:
+            for sign, sign_start, sign_end in signs:
+                self.add_warning(
+                    block, start + sign_start, start + sign_end, sign, warn_context, text
+                )
             return
         if role == "supplies":
             self.supply_sentence(block, start, end)
+            return
+        listed = supply_list_in_sentence(text)
+        if listed is not None:
+            offset = start + listed[0]
+            for item_start, item_end in supply_items(block.text[offset : start + listed[1]]):
+                self.add_supply(block, offset + item_start, offset + item_end)
+            return
+        if role != "warning" and is_follow_up_statement(text):
+            self.add_instruction(block, start, end, context)
             return
         if role == "warning":
             if calls_for_help(text):
