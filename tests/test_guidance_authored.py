@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from careplan_fhir.guidance.authored import GuidanceInvalid, read_authored, write_authored
 from careplan_fhir.guidance.model import Condition, Quantity, Timing
+from careplan_fhir.workflows.import_guidance import format_for_path, read_guidance
 
 from .test_guidance_fhir import sample_guidance
 
@@ -253,3 +255,13 @@ def test_source_text_locates_items_without_a_source() -> None:
     span = guidance.instructions[0].source
     assert guidance.source_text[span.start : span.end] == "Drink water."
     assert span.line == 2
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "guidance"
+LEAFLETS = sorted(p for p in EXAMPLES.glob("*.*") if p.suffix in (".txt", ".md", ".html", ".htm"))
+
+
+@pytest.mark.parametrize("path", LEAFLETS, ids=lambda p: p.name)
+def test_round_trip_of_parsed_example_leaflets(path: Path) -> None:
+    guidance = read_guidance(path.read_text(encoding="utf-8"), format_for_path(path))
+    assert read_authored(write_authored(guidance)) == guidance

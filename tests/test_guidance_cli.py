@@ -82,3 +82,26 @@ def test_invalid_document_exits_with_the_problems(tmp_path: Path) -> None:
     result = runner.invoke(app, ["guidance", "import", str(path)])
     assert result.exit_code == 1
     assert "instructions[0].kind" in result.stderr
+
+
+def test_import_and_show_a_text_leaflet(tmp_path: Path) -> None:
+    from .test_plan_definition_import import TEXT_LEAFLET
+
+    path = tmp_path / "carpal-tunnel.txt"
+    path.write_text(TEXT_LEAFLET, encoding="utf-8")
+    out, review = tmp_path / "bundle.json", tmp_path / "review.yaml"
+    arguments = ["guidance", "import", str(path), "--out", str(out), "--yaml-out", str(review)]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    bundle = json.loads(out.read_text())
+    for entry in bundle["entry"]:
+        validate_resource(entry["resource"])
+    document = bundle["entry"][-1]["resource"]
+    assert document["content"][0]["attachment"]["contentType"] == "text/plain"
+    reviewed = read_authored(review.read_text())
+    assert reviewed.source_text == TEXT_LEAFLET
+    assert reviewed.source_format == "text"
+    shown = runner.invoke(app, ["guidance", "show", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "Going Home After Carpal Tunnel Release" in shown.stdout
+    assert "warning-sign" in shown.stdout

@@ -38,6 +38,7 @@ from careplan_fhir.guidance.model import (
     WarningSign,
 )
 from careplan_fhir.guidance.readability import GRADE_LIMIT, hard_to_read, reading_grade
+from careplan_fhir.workflows.import_guidance import build_import, format_for_path
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 NOW = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
@@ -460,3 +461,27 @@ def test_builder_does_not_mutate_its_input() -> None:
     before = copy.deepcopy(guidance)
     build_artifacts(guidance, url_base=URL_BASE, version="1", now=NOW)
     assert guidance == before
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "guidance"
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in EXAMPLES.glob("*.*") if format_for_path(p) is not None),
+    ids=lambda p: p.name,
+)
+def test_example_guidance_builds_valid_artifacts(path: Path) -> None:
+    guidance, bundle = build_import(
+        path.read_text(encoding="utf-8"), format_for_path(path), url_base=URL_BASE, now=NOW
+    )
+    validate_resource(bundle)
+    for entry in bundle["entry"]:
+        validate_resource(entry["resource"])
+    plan = plan_of(bundle)
+    described = [a for a in plan["action"] if a["id"] != "discharge"]
+    assert len(described) == (
+        len(guidance.instructions) + len(guidance.warning_signs) + len(guidance.supplies)
+    )
+    for item in described:
+        assert extension(item, SOURCE_SPAN_URL) is not None

@@ -263,3 +263,83 @@ def test_import_route_does_not_shadow_read(client: TestClient) -> None:
     response = client.post(IMPORT, content=LEAFLET, headers=YAML)
     plan_id = response.json()["entry"][0]["resource"]["id"]
     assert client.get(f"/fhir/PlanDefinition/{plan_id}").status_code == 200
+
+
+TEXT_LEAFLET = """\
+Going Home After Carpal Tunnel Release
+
+CARING FOR YOUR HAND
+- Keep the bandage clean and dry for 2 days.
+- Do not lift anything heavier than a cup of coffee for 2 weeks.
+
+WHAT YOU NEED AT HOME
+- Ice pack
+
+WHEN TO CALL US
+Call your surgeon if your temperature is above 38.3 °C.
+Call 911 if you have trouble breathing.
+"""
+
+
+def check_leaflet_import(response: Any, content_type: str) -> dict[str, Any]:
+    assert response.status_code == 201, response.text
+    resources = {e["resource"]["resourceType"]: e["resource"] for e in response.json()["entry"]}
+    plan = resources["PlanDefinition"]
+    assert plan["status"] == "draft"
+    document = resources["DocumentReference"]
+    attachment = document["content"][0]["attachment"]
+    assert attachment["contentType"] == content_type
+    source = base64.b64decode(attachment["data"]).decode()
+    kinds = [a["code"][0]["coding"][0]["code"] for a in plan["action"] if "code" in a]
+    assert "warning-sign" in kinds
+    for action in plan["action"]:
+        span = next((e for e in action.get("extension", []) if e["url"] == SOURCE_SPAN_URL), None)
+        if span is None:
+            continue
+        reference, start, end = (
+            p.get("valueReference", {}).get("reference") or p.get("valueInteger")
+            for p in span["extension"][:3]
+        )
+        assert reference == f"DocumentReference/{document['id']}"
+        assert isinstance(start, int) and isinstance(end, int)
+        assert 0 <= start < end <= len(source)
+    return plan
+
+
+def test_import_plain_text_leaflet(client: TestClient) -> None:
+    response = client.post(
+        IMPORT, content=TEXT_LEAFLET.encode(), headers={"Content-Type": "text/plain; charset=utf-8"}
+    )
+    plan = check_leaflet_import(response, "text/plain")
+    assert plan["title"] == "Going Home After Carpal Tunnel Release"
+    assert "ActivityDefinition" in [e["resource"]["resourceType"] for e in response.json()["entry"]]
+    stored = client.get(f"/fhir/PlanDefinition/{plan['id']}")
+    assert stored.status_code == 200
+
+
+def test_import_markdown_attachment(client: TestClient) -> None:
+    markdown = (
+        "# Home care after a cyst removal\n\n## Wound care\n\n"
+        "* Keep the wound covered for 2 days.\n\n## Call us\n\n"
+        "Call us right away if the wound bleeds through the bandage.\n"
+    )
+    data = base64.b64encode(markdown.encode()).decode()
+    body = parameters(
+        {"name": "document", "valueAttachment": {"contentType": "text/markdown", "data": data}},
+        {"name": "version", "valueString": "1.0.0"},
+    )
+    plan = check_leaflet_import(client.post(IMPORT, json=body), "text/markdown")
+    assert plan["version"] == "1.0.0"
+
+
+def test_import_html_string(client: TestClient) -> None:
+    page = (
+        "<html><head><title>After a tooth extraction</title></head><body>"
+        "<h1>After a tooth extraction</h1><h2>At home</h2><ul>"
+        "<li>Do not rinse your mouth for 24 hours.</li></ul>"
+        "<h2>When to call</h2><p>Call us if the bleeding does not stop.</p></body></html>"
+    )
+    body = parameters(
+        {"name": "document", "valueString": page}, {"name": "format", "valueCode": "html"}
+    )
+    check_leaflet_import(client.post(IMPORT, json=body), "text/html")

@@ -117,9 +117,16 @@ _SLUG_LENGTH = 40
 
 
 def slugify(text: str) -> str:
-    """Lower-case letters, digits and single hyphens, at most 40 characters ("guidance" if none)."""
+    """Lower-case letters, digits and single hyphens, at most 40 characters, cut between words.
+
+    "guidance" when the text has no letter or digit.
+    """
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    slug = slug[:_SLUG_LENGTH].rstrip("-")
+    if len(slug) > _SLUG_LENGTH:
+        cut = slug[: _SLUG_LENGTH + 1]
+        # Cut at a word boundary when there is one.
+        slug = cut.rsplit("-", 1)[0] if "-" in cut else cut[:_SLUG_LENGTH]
+    slug = slug.rstrip("-")
     return slug or "guidance"
 
 

@@ -8,15 +8,13 @@ Leaflets (plain text, Markdown, HTML) go to the leaflet parser
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from careplan_fhir.guidance.authored import read_authored
 from careplan_fhir.guidance.fhir_builder import build_artifacts
 from careplan_fhir.guidance.model import RecoveryGuidance
+from careplan_fhir.guidance.parse import parse_guidance
 
 FORMATS = ("text", "markdown", "html", "yaml")
 DEFAULT_VERSION = "0.1.0"
@@ -45,8 +43,6 @@ FORMAT_BY_SUFFIX = {
     ".yml": "yaml",
 }
 
-_PARSER_MODULE = "careplan_fhir.guidance.parse"
-
 
 class FormatNotSupported(ValueError):
     """No reader for the document's format is available."""
@@ -63,42 +59,21 @@ def format_for_path(path: Path) -> str | None:
     return FORMAT_BY_SUFFIX.get(path.suffix.lower())
 
 
-def _leaflet_parser() -> Callable[..., RecoveryGuidance] | None:
-    try:
-        module = importlib.import_module(_PARSER_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != _PARSER_MODULE:
-            raise
-        return None
-    return cast(Callable[..., RecoveryGuidance], module.parse_guidance)
-
-
 def read_guidance(
     text: str, fmt: str | None = None, *, title: str | None = None
 ) -> RecoveryGuidance:
     """Parse ``text`` as ``fmt`` (detected when None); ``title`` replaces the document's own.
 
     Raises :class:`~careplan_fhir.guidance.authored.GuidanceInvalid` for invalid authored
-    guidance, :class:`FormatNotSupported` for a format nothing here reads, and ``ValueError``
-    for a leaflet the parser cannot read.
+    guidance, :class:`FormatNotSupported` for an unknown format, and ``ValueError`` for a
+    leaflet the parser cannot read.
     """
     if fmt is not None and fmt not in FORMATS:
         raise FormatNotSupported(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    parser = _leaflet_parser()
-    if fmt == "yaml" or (parser is None and fmt is None and _looks_authored(text)):
-        guidance = read_authored(text)
-        if title:
-            guidance.title = title
-        return guidance
-    if parser is None:
-        raise FormatNotSupported(
-            "the leaflet parser is not available; send authored guidance (YAML) instead"
-        )
-    return parser(text, fmt, title=title)
-
-
-def _looks_authored(text: str) -> bool:
-    return any(line.startswith("title:") for line in text.splitlines())
+    guidance = parse_guidance(text, fmt, title=title)
+    if title:
+        guidance.title = title
+    return guidance
 
 
 def build_import(
