@@ -603,3 +603,69 @@ def test_goals_follow_instruction_kinds_and_ids_are_deterministic() -> None:
 def test_title_override_and_yaml_delegation() -> None:
     guidance = parse_guidance("Rest today.\n", "text", title="Our title")
     assert guidance.title == "Our title"
+
+
+def test_prose_warning_sentence_with_several_if_clauses() -> None:
+    text = (
+        "Getting help\n\n"
+        "Phone the ward if you have a fever; ask the ward what temperature counts. Also call if "
+        "the wound leaks, if the stitches come apart, or if your foot turns pale. Call 911 if "
+        "you faint.\n"
+    )
+    guidance = parse_guidance(text)
+    assert [(sign.text, sign.urgency) for sign in guidance.warning_signs] == [
+        ("A fever", "urgent"),
+        ("The wound leaks", "urgent"),
+        ("The stitches come apart", "urgent"),
+        ("Your foot turns pale", "urgent"),
+        ("You faint", "stat"),
+    ]
+    fever = guidance.warning_signs[0].condition
+    assert fever is not None and fever.parameter == "fever_threshold"
+    assert [parameter.name for parameter in guidance.parameters] == ["fever_threshold"]
+    for sign in guidance.warning_signs:
+        assert sign.text.lower() in text[sign.source.start : sign.source.end].lower()
+
+
+def test_permission_after_a_short_phrase_and_going_back() -> None:
+    text = (
+        "Daily life\n\n"
+        "For a mild headache you can use paracetamol. Most people can go back to office work "
+        "after one week. It may take a while before you feel like yourself.\n"
+        "Before you leave the ward, make sure you have clean dressings, tape and a thermometer.\n"
+    )
+    guidance = parse_guidance(text)
+    assert _texts(guidance) == [
+        "For a mild headache you can use paracetamol.",
+        "Most people can go back to office work after one week.",
+    ]
+    assert guidance.instructions[1].timing is not None
+    assert guidance.instructions[1].timing.offset == Quantity(Decimal(1), "wk")
+    assert [supply.text for supply in guidance.supplies] == [
+        "Clean dressings",
+        "Tape",
+        "A thermometer",
+    ]
+    _assert_all_spans(guidance)
+
+
+def test_second_prohibition_joined_by_and_is_its_own_instruction() -> None:
+    guidance = parse_guidance(
+        "Activity\n\nDo not carry shopping bags for a month, and avoid contact sports.\n"
+    )
+    assert [(item.text, item.prohibition) for item in guidance.instructions] == [
+        ("Do not carry shopping bags for a month", True),
+        ("avoid contact sports.", True),
+    ]
+
+
+def test_gerund_subject_is_not_an_instruction_unless_advised() -> None:
+    text = (
+        "Recovery\n\n- Walking helps your bowels wake up.\n"
+        "- Avoid soaking in a bath; showering is recommended instead.\n"
+    )
+    guidance = parse_guidance(text)
+    assert [(item.text, item.kind, item.prohibition) for item in guidance.instructions] == [
+        ("Avoid soaking in a bath", "hygiene", True),
+        ("showering is recommended instead.", "hygiene", False),
+    ]

@@ -57,17 +57,19 @@ _CLAUSE_BREAK = re.compile(
 
 
 def split_clauses(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    """Split a sentence where a do and a do-not meet ("Avoid baths; showers are fine", "Walk
-    daily, but do not run"); clauses of the same polarity stay one instruction."""
+    """Split a sentence where a do and a do-not meet ("Avoid baths; showers are fine") or where
+    a second prohibition is joined on ("…, and avoid hard exercise"); other semicolon clauses
+    stay one instruction."""
     pieces: list[tuple[int, int]] = []
     cursor = start
     for match in _CLAUSE_BREAK.finditer(text, start, end):
         cut, after = match.start(), match.end()
         before, rest = text[cursor:cut], text[after:end]
+        differ = is_prohibition(before) != is_prohibition(rest)
         if (
             len(before.split()) >= 3
             and len(rest.split()) >= 3
-            and is_prohibition(before) != is_prohibition(rest)
+            and (differ or not match.group(0).lstrip().startswith(";"))
         ):
             pieces.append((cursor, cut))
             cursor = after
@@ -161,7 +163,8 @@ _AVOIDED_OUTCOMES = re.compile(
 _LABEL = re.compile(r"^[A-Z][\w’'\- ]{0,40}:\s+")
 _LEAD_CLAUSE = re.compile(
     r"^(?:after|when|once|while|until|before|for|during|in|starting|beginning|unless|at|if|"
-    r"as\s+soon\s+as|each|every|on)\b[^,]{0,80},\s*",
+    r"as\s+soon\s+as|each|every|on)\b"
+    r"(?:(?!\b(?:you|we)\s+(?:can|may|should|must|will|need)\b)[^,]){0,80},\s*",
     re.IGNORECASE,
 )
 _LEAD_PHRASE = re.compile(
@@ -204,8 +207,9 @@ _ADVISORY = re.compile(
     re.IGNORECASE,
 )
 _PERMISSION = re.compile(
-    r"^you\s+(?:may|can|could|are\s+(?:able|allowed|free)\s+to)\s+(?:now\s+|also\s+|then\s+)?"
-    r"(?:start\s+to\s+|begin\s+to\s+|go\s+back\s+to\s+)?(?P<verb>[a-z]+)",
+    r"^(?:you|most\s+people|many\s+people|patients)\s+(?:may|can|could|are\s+(?:able|allowed|free)"
+    r"\s+to)\s+(?:now\s+|also\s+|then\s+|usually\s+|often\s+)?"
+    r"(?:start\s+to\s+|begin\s+to\s+)?(?P<verb>[a-z]+)",
     re.IGNORECASE,
 )
 _PERMISSION_ANYWHERE = re.compile(
@@ -329,8 +333,8 @@ def is_instruction(sentence: str, *, bullet: bool = False, role: Role = "care") 
         )
     if verb in {"see", "look"}:
         return bool(re.match(r"^(?:see\s+your|look\s+(?:at|for|out))\b", clause, re.IGNORECASE))
-    if bullet and verb is not None and _gerund_verb(verb):
-        return not _GERUND_SUBJECT.match(clause)
+    if bullet and verb is not None and _gerund_verb(verb) and not _GERUND_SUBJECT.match(clause):
+        return True
     if role == "descriptive":
         return False
     if _ADVISORY.match(clause):

@@ -112,6 +112,10 @@ def detect_format(text: str, filename: str | None = None) -> str:
 _PROCEDURE_WORD = (
     r"[a-z]+(?:plasty|ectomy|otomy|ostomy|oscopy|scopy|pexy|desis|graphy|rrhaphy|lysis)"
 )
+_PROCEDURE_NOUNS = (
+    r"replacement|fusion|repair|placement|biopsy|transplant|ablation|bypass|graft|"
+    r"reconstruction|removal|release|implant"
+)
 _PROCEDURE_PHRASE = re.compile(
     rf"\b(?P<name>(?:[a-z]+\s+){{0,2}}{_PROCEDURE_WORD}"
     r"|(?:[a-z]+\s+){0,2}[a-z]+\s+(?:replacement|fusion|repair|placement|biopsy|transplant|"
@@ -119,9 +123,24 @@ _PROCEDURE_PHRASE = re.compile(
     re.IGNORECASE,
 )
 _AFTER_YOUR = re.compile(
-    r"\b(?:after|following|recovery\s+from|recovering\s+from|before)\s+(?:your|a|an|the)\s+"
+    r"\b(?:after|recovery\s+from|recovering\s+from|before)\s+(?:your|a|an|the)\s+"
     r"(?P<name>[a-z][a-z\- ]{2,40}?)(?:\s+(?:surgery|procedure|operation))?\b(?=[.,;:!?)]|\s+(?:is|"
     r"and|you|at|in|on|,|may|will|can)\b|$)",
+    re.IGNORECASE,
+)
+_DONE_NOUNS = {
+    "placed": "placement",
+    "put in": "placement",
+    "inserted": "insertion",
+    "removed": "removal",
+    "repaired": "repair",
+    "replaced": "replacement",
+    "done": "",
+}
+_HAD_DONE = re.compile(
+    r"\b(?:you\s+(?:have\s+)?had|you\s+are\s+having)\s+(?:a|an|your)\s+"
+    r"(?P<name>[a-z][a-z\- ]{2,30}?)\s+(?P<done>placed|put\s+in|inserted|removed|repaired|"
+    r"replaced|done)\b",
     re.IGNORECASE,
 )
 _GENERIC = frozenset(
@@ -136,7 +155,11 @@ _LEAD_WORDS = re.compile(
 
 def _clean_procedure(name: str) -> str | None:
     words = _LEAD_WORDS.sub("", name.strip().lower()).split()
-    while words and words[-1] in _GENERIC and len(words) > 1:
+    while (
+        len(words) > 1
+        and words[-1] in _GENERIC
+        and re.fullmatch(rf"{_PROCEDURE_WORD}|{_PROCEDURE_NOUNS}", words[-2])
+    ):
         words.pop()
     cleaned = " ".join(words)
     if not cleaned or cleaned in _GENERIC:
@@ -161,6 +184,11 @@ def find_procedure(title: str, text: str) -> str | None:
         counts[word] = counts.get(word, 0) + 1
     if counts:
         return max(counts, key=lambda word: (counts[word], -text.lower().find(word)))
+    had = _HAD_DONE.search(text)
+    if had is not None:
+        name = _clean_procedure(had["name"])
+        if name:
+            return f"{name} {_DONE_NOUNS[had['done'].lower()]}".strip()
     for match in _AFTER_YOUR.finditer(text):
         cleaned = _clean_procedure(match["name"])
         if cleaned and len(cleaned.split()) <= 3:
@@ -423,7 +451,15 @@ class _Reader:
         context = f"{self.lead_in or ''} {block.text[:start]} {block.text[end:]}"
         warn_context = f"{self.section or ''} {self.lead_in or ''}"
         if defers_fever_threshold(text):
-            self.add_fever_parameter(self._span(block, start, end))
+            parts = [(start + m.start(), start + m.end()) for m in re.finditer(r"[^;]+", text)]
+            for part_start, part_end in parts:
+                part = block.text[part_start:part_end]
+                if not part.strip():
+                    continue
+                if defers_fever_threshold(part) or len(parts) == 1:
+                    self.add_fever_parameter(self._span(block, part_start, part_end))
+                else:
+                    self.sentence(block, part_start, part_end, role=role, bullet=bullet)
             return
         signs = warnings_in_sentence(text)
         if signs:
