@@ -100,12 +100,40 @@ class Include:
     text: str
 
 
+#: How well a parameter type narrows a search, lower first: the best criterion drives the
+#: query (its index rows are read first), the others are checked per candidate with EXISTS.
+_DRIVER_RANK = {"reference": 0, "uri": 1, "token": 2, "string": 3, "date": 4, "quantity": 4}
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One search parameter's restriction.
+
+    Either a set of resource rows from an index table (``table`` + ``subquery`` selecting
+    ``resource_pk``), possibly negated, or a ``predicate`` on the resource row itself.
+    """
+
+    rank: int
+    table: Any = None
+    subquery: Select[Any] | None = None
+    negated: bool = False
+    predicate: ColumnElement[bool] | None = None
+
+    def exists(self) -> ColumnElement[bool]:
+        """This criterion as a per-row test of the resource being considered."""
+        if self.predicate is not None:
+            return self.predicate
+        assert self.subquery is not None
+        found = self.subquery.where(self.table.c.resource_pk == _resource.c.pk).exists()
+        return not_(found) if self.negated else found
+
+
 @dataclass
 class SearchRequest:
     """A parsed search of one resource type."""
 
     resource_type: str
-    conditions: list[ColumnElement[bool]] = field(default_factory=list)
+    conditions: list[Criterion] = field(default_factory=list)
     sort: list[tuple[str, bool]] = field(default_factory=list)
     count: int = 20
     includes: list[Include] = field(default_factory=list)
@@ -279,9 +307,7 @@ def _index_subquery(param: SearchParameter, *criteria: ColumnElement[bool]) -> S
     )
 
 
-def _condition(
-    param: SearchParameter, modifier: str, value: str, base_url: str
-) -> ColumnElement[bool]:
+def _condition(param: SearchParameter, modifier: str, value: str, base_url: str) -> Criterion:
     if param.type == "reference" and modifier and modifier[:1].isupper():
         target_type: str | None = modifier
         modifier = ""
@@ -289,19 +315,22 @@ def _condition(
         target_type = None
     if modifier and modifier not in _MODIFIERS[param.type]:
         raise InvalidRequest(f"Modifier :{modifier} is not supported on {param.name}")
+    table = _TABLES[param.type]
     if modifier == "missing":
         if value not in ("true", "false"):
             raise InvalidRequest(f"{param.name}:missing must be true or false")
-        present: ColumnElement[bool] = _resource.c.pk.in_(_index_subquery(param))
-        return not_(present) if value == "true" else present
-    table = _TABLES[param.type]
+        return Criterion(9, table, _index_subquery(param), negated=value == "true")
     alternatives: list[ColumnElement[bool]] = []
     for item in split_escaped(value, ","):
         if item == "":
             raise InvalidRequest(f"Empty value for search parameter {param.name}")
         alternatives.append(_value_condition(param, table, modifier, item, target_type, base_url))
-    matching: ColumnElement[bool] = _resource.c.pk.in_(_index_subquery(param, or_(*alternatives)))
-    return not_(matching) if modifier == "not" else matching
+    return Criterion(
+        _DRIVER_RANK.get(param.type, 5),
+        table,
+        _index_subquery(param, or_(*alternatives)),
+        negated=modifier == "not",
+    )
 
 
 def _value_condition(
@@ -491,12 +520,14 @@ def _quantity_condition(table: Any, item: str, name: str) -> ColumnElement[bool]
     return and_(*criteria)
 
 
-def _special_condition(name: str, modifier: str, value: str) -> ColumnElement[bool]:
+def _special_condition(name: str, modifier: str, value: str) -> Criterion:
     if name == "_id":
         if modifier not in ("", "not"):
             raise InvalidRequest(f"Modifier :{modifier} is not supported on _id")
         by_id: ColumnElement[bool] = _resource.c.res_id.in_(split_values(value))
-        return not_(by_id) if modifier == "not" else by_id
+        if modifier == "not":
+            return Criterion(9, predicate=not_(by_id))
+        return Criterion(-1, predicate=by_id)
     if modifier:
         raise InvalidRequest(f"Modifier :{modifier} is not supported on {name}")
     alternatives = []
@@ -504,7 +535,7 @@ def _special_condition(name: str, modifier: str, value: str) -> ColumnElement[bo
         prefix, text = _split_prefix(item)
         # lastUpdated is an instant: a point, compared with the parameter's range.
         alternatives.append(_instant_condition(prefix, text, name))
-    return or_(*alternatives)
+    return Criterion(9, predicate=or_(*alternatives))
 
 
 def _instant_condition(prefix: str, text: str, name: str) -> ColumnElement[bool]:
@@ -581,18 +612,15 @@ def _keyset(
 def run_search(repository: Repository, request: SearchRequest) -> SearchResult:
     """Run ``request``: one page of matches, the total and the included resources."""
     session: Session = repository.session
-    base_conditions = [
-        _resource.c.res_type == request.resource_type,
-        _resource.c.deleted.is_(False),
-        *request.conditions,
-    ]
-    total: int | None = None
-    if request.total != "none" or request.summary == "count":
-        total = session.execute(
-            select(func.count()).select_from(_resource).where(*base_conditions)
-        ).scalar_one()
+    base_conditions = _where(request)
+
+    def count() -> int:
+        statement = select(func.count()).select_from(_resource).where(*base_conditions)
+        return int(session.execute(statement).scalar_one())
+
+    wants_total = request.total != "none" or request.summary == "count"
     if request.summary == "count" or request.count == 0:
-        return SearchResult([], [], total, None, None)
+        return SearchResult([], [], count() if wants_total else None, None, None)
 
     keys = [
         (_sort_expression(request.resource_type, key, descending), descending)
@@ -621,6 +649,11 @@ def run_search(repository: Repository, request: SearchRequest) -> SearchResult:
     )
     rows = list(session.execute(statement).all())
     more = len(rows) > request.count
+    total: int | None = None
+    if wants_total:
+        # A first page that holds every match is its own count: no second query.
+        first_page = request.after is None and request.before is None
+        total = len(rows) if first_page and not more else count()
     rows = rows[: request.count]
     if not forward:
         rows.reverse()
@@ -636,6 +669,27 @@ def run_search(repository: Repository, request: SearchRequest) -> SearchResult:
             previous_cursor = encode_cursor(cursor_values[0])
     included = _resolve_includes(repository, request, matches)
     return SearchResult(matches, included, total, next_cursor, previous_cursor)
+
+
+def _where(request: SearchRequest) -> list[ColumnElement[bool]]:
+    """The WHERE clause: the most selective index drives, the rest are per-row tests.
+
+    ``pk IN (index rows)`` for the driver lets SQLite (and PostgreSQL) start from the few index
+    rows of, say, one patient instead of scanning every resource of the type; the index rows
+    carry the type, so the type test is needed only when no index criterion drives.
+    """
+    conditions: list[ColumnElement[bool]] = [_resource.c.deleted.is_(False)]
+    drivers = [c for c in request.conditions if c.subquery is not None and not c.negated]
+    driver = min(drivers, key=lambda c: c.rank) if drivers else None
+    if driver is not None and any(c.rank < driver.rank for c in request.conditions):
+        driver = None  # a predicate on the resource row (_id) is more selective
+    if driver is None:
+        conditions.append(_resource.c.res_type == request.resource_type)
+    else:
+        assert driver.subquery is not None
+        conditions.append(_resource.c.pk.in_(driver.subquery))
+    conditions.extend(c.exists() for c in request.conditions if c is not driver)
+    return conditions
 
 
 def _cursor_value(value: Any) -> Any:
