@@ -179,7 +179,6 @@ def fresh_database(backend: str, careplans: int) -> str:
 def load(backend: str, careplans: int, per_patient: int, batch: int, samples: int) -> Manifest:
     """Migrate a fresh database and store the data set through the repository."""
     from sqlalchemy import text
-    from sqlmodel import Session
 
     from careplan_fhir.app import new_resource_id
     from careplan_fhir.fhir.dates import utc_now
@@ -200,7 +199,7 @@ def load(backend: str, careplans: int, per_patient: int, batch: int, samples: in
     all_patients: list[str] = []
     all_careplans: list[str] = []
     started = time.perf_counter()
-    with Session(engine) as session:
+    with engine.connect() as session:
         repository = Repository(session, now=utc_now, new_id=new_resource_id)
         begin_write(session)
 

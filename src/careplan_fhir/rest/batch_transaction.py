@@ -294,7 +294,7 @@ def run_batch(ctx: FhirContext, entries: list[_Entry], representation: bool) -> 
     responses = []
     for entry in entries:
         try:
-            with ctx.session.begin_nested():
+            with ctx.connection.begin_nested():
                 write, search = _execute(ctx, entry)
             responses.append(_response_entry(ctx, write, search, representation))
         except (FhirError, ResourceInvalid) as cause:
@@ -317,14 +317,14 @@ def batch_or_transaction(ctx: ContextDep, body: BodyDep) -> Response:
         try:
             body_bytes = run_transaction(ctx, entries, representation)
         except EntryFailed as failed:
-            ctx.session.rollback()
+            ctx.connection.rollback()
             raise _with_status(failed) from None
         except FhirError:
-            ctx.session.rollback()
+            ctx.connection.rollback()
             raise
     else:
         body_bytes = run_batch(ctx, entries, representation)
-    ctx.session.commit()
+    ctx.connection.commit()
     return ctx.respond(body_bytes)
 
 

@@ -1,4 +1,4 @@
-"""What each interaction needs: the session, the repository, the base URL and the preferences."""
+"""What each interaction needs: the connection, the repository, the base URL and the preferences."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import Depends, Request
 from fastapi.responses import Response
-from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlalchemy import Connection, Engine
 
 from careplan_fhir.errors import (
     InvalidRequest,
@@ -50,7 +49,7 @@ class FhirContext:
     """One request's view of the server."""
 
     request: Request
-    session: Session
+    connection: Connection
     repository: Repository
     services: Services
 
@@ -77,7 +76,7 @@ class FhirContext:
         return None
 
     def begin_write(self) -> None:
-        begin_write(self.session)
+        begin_write(self.connection)
 
     def url_of(self, stored: StoredResource, *, versioned: bool = False) -> str:
         url = f"{self.base_url}/{stored.resource_type}/{stored.id}"
@@ -92,20 +91,16 @@ class FhirContext:
         return render_response(self.request, content, status, headers)
 
 
-# The dependencies are coroutines on purpose: they do no blocking work (a Session connects
-# lazily), and a plain ``def`` dependency would cost a thread-pool hop on every request.
-async def _session(request: Request) -> AsyncIterator[Session]:
-    services: Services = request.app.state.services
-    with Session(services.engine) as session:
-        yield session
-
-
-async def _context(request: Request, session: Annotated[Session, Depends(_session)]) -> FhirContext:
+# A coroutine on purpose: it does no blocking work (the connection is checked out of the
+# pool lazily, on the first statement), and a plain ``def`` dependency would cost a
+# thread-pool hop on every request.
+async def _context(request: Request) -> AsyncIterator[FhirContext]:
     services: Services = request.app.state.services
     # Refuse an unsatisfiable Accept or _format (406) before doing any work.
     response_format(request)
-    repository = Repository(session, now=services.now, new_id=services.new_id)
-    return FhirContext(request, session, repository, services)
+    with services.engine.connect() as connection:
+        repository = Repository(connection, now=services.now, new_id=services.new_id)
+        yield FhirContext(request, connection, repository, services)
 
 
 ContextDep = Annotated[FhirContext, Depends(_context)]

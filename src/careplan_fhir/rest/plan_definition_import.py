@@ -247,7 +247,7 @@ def import_guidance(ctx: FhirContext, request: ImportRequest) -> list[Any]:
 def plan_definition_import(ctx: ContextDep, body: BodyDep) -> Response:
     request = read_import_request(body, ctx.header("content-type"), dict(ctx.request.query_params))
     stored = import_guidance(ctx, request)
-    ctx.session.commit()
+    ctx.connection.commit()
     plan = stored[0]
     headers = resource_headers(ctx, plan)
     headers["Location"] = ctx.url_of(plan, versioned=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import StaticPool
 
 from careplan_fhir.fhir import jsonio
@@ -67,6 +67,6 @@ def _sqlite_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN")
 
 
-def begin_write(session: Any) -> None:
-    """Start ``session``'s transaction as a write transaction (call before any query)."""
-    session.connection(execution_options=WRITE_OPTIONS)
+def begin_write(connection: Connection) -> None:
+    """Make ``connection``'s next transaction a write transaction (call before any query)."""
+    connection.execution_options(**WRITE_OPTIONS)

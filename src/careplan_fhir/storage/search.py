@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Select,
     and_,
     false,
@@ -28,7 +29,6 @@ from sqlalchemy import (
     select,
     tuple_,
 )
-from sqlmodel import Session
 
 from careplan_fhir.errors import InvalidRequest
 from careplan_fhir.fhir.dates import DateFormatError, parse_range, to_naive_utc, utc_now
@@ -611,12 +611,12 @@ def _keyset(
 
 def run_search(repository: Repository, request: SearchRequest) -> SearchResult:
     """Run ``request``: one page of matches, the total and the included resources."""
-    session: Session = repository.session
+    connection: Connection = repository.connection
     base_conditions = _where(request)
 
     def count() -> int:
         statement = select(func.count()).select_from(_resource).where(*base_conditions)
-        return int(session.execute(statement).scalar_one())
+        return int(connection.execute(statement).scalar_one())
 
     wants_total = request.total != "none" or request.summary == "count"
     if request.summary == "count" or request.count == 0:
@@ -647,7 +647,7 @@ def run_search(repository: Repository, request: SearchRequest) -> SearchResult:
         .order_by(*order)
         .limit(request.count + 1)
     )
-    rows = list(session.execute(statement).all())
+    rows = list(connection.execute(statement).all())
     more = len(rows) > request.count
     total: int | None = None
     if wants_total:
@@ -742,7 +742,7 @@ def _forward_include(
         criteria.append(table.c.param == include.param)
     if include.target_type:
         criteria.append(table.c.target_type == include.target_type)
-    references = repository.session.execute(
+    references = repository.connection.execute(
         select(
             table.c.target_type,
             table.c.target_id,
@@ -757,7 +757,7 @@ def _forward_include(
     target_pks: list[int] = []
     if local:
         target_pks.extend(
-            repository.session.execute(
+            repository.connection.execute(
                 select(_resource.c.pk)
                 .where(tuple_(_resource.c.res_type, _resource.c.res_id).in_(sorted(local)))
                 .order_by(_resource.c.pk)
@@ -790,7 +790,9 @@ def _resources_by_canonical(
                 )
             )
         found.extend(
-            repository.session.execute(select(uri.c.resource_pk).where(*criteria)).scalars().all()
+            repository.connection.execute(select(uri.c.resource_pk).where(*criteria))
+            .scalars()
+            .all()
         )
     return found
 
@@ -804,7 +806,7 @@ def _canonicals_of(repository: Repository, pks: list[int]) -> list[tuple[str, st
         .where(token.c.resource_pk == uri.c.resource_pk, token.c.param == "version")
         .scalar_subquery()
     )
-    rows = repository.session.execute(
+    rows = repository.connection.execute(
         select(uri.c.uri, version.label("version"))
         .where(uri.c.resource_pk.in_(pks), uri.c.param == "url")
         .order_by(uri.c.resource_pk)
@@ -837,7 +839,7 @@ def _reverse_include(
     if include.param != "*":
         criteria.append(table.c.param == include.param)
     source_pks = (
-        repository.session.execute(select(table.c.resource_pk).where(*criteria).distinct())
+        repository.connection.execute(select(table.c.resource_pk).where(*criteria).distinct())
         .scalars()
         .all()
     )

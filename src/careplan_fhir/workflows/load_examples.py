@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import Session
 
 from careplan_fhir.fhir import jsonio
 from careplan_fhir.fhir.models import SERVED_TYPES, validate_resource
@@ -37,9 +36,9 @@ def load_examples(
     """Store every served resource found under ``folder``; returns (stored, already there)."""
     stored = skipped = 0
     files = sorted(folder.rglob("*.json"))
-    with Session(engine) as session:
-        begin_write(session)
-        repository = Repository(session, now=now, new_id=new_id)
+    with engine.connect() as connection:
+        begin_write(connection)
+        repository = Repository(connection, now=now, new_id=new_id)
         for path in files:
             for resource in iter_resources(path):
                 if resource.get("resourceType") not in SERVED_TYPES or not resource.get("id"):
@@ -51,5 +50,5 @@ def load_examples(
                 validate_resource(resource)
                 repository.update(resource, resource["id"])
                 stored += 1
-        session.commit()
+        connection.commit()
     return stored, skipped
