@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -34,13 +35,24 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         if url in ("sqlite://", "sqlite:///:memory:"):
             kwargs["poolclass"] = StaticPool
+        else:
+            # As many pooled connections as the thread pool has threads (40), so that busy
+            # moments reuse connections instead of opening new ones.
+            kwargs["pool_size"] = 40
+            kwargs["max_overflow"] = 10
         engine = create_engine(url, **kwargs)
+        writer = _SqliteWriterLock()
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "begin", writer.begin)
+        event.listen(engine, "commit", writer.end)
+        event.listen(engine, "rollback", writer.end)
+        event.listen(engine.pool, "checkin", writer.checkin)
         return engine
     kwargs["pool_size"] = 10
     kwargs["max_overflow"] = 20
-    kwargs["pool_pre_ping"] = True
+    # No pre-ping (a round trip per checkout); recycle instead, and a broken connection
+    # fails its request, which the client may retry.
+    kwargs["pool_recycle"] = 1800
     return create_engine(url, **kwargs)
 
 
@@ -57,14 +69,41 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 WRITE_OPTIONS = {"careplan_write": True}
 
 
-def _sqlite_begin(connection: Any) -> None:
-    # A write transaction takes SQLite's write lock up front (BEGIN IMMEDIATE): two deferred
-    # transactions that both read and then write would otherwise fail with "database is
-    # locked" instead of waiting their turn.
-    if connection.get_execution_options().get("careplan_write"):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        connection.exec_driver_sql("BEGIN")
+class _SqliteWriterLock:
+    """One writer at a time per process, queued in Python rather than in SQLite.
+
+    A write transaction takes SQLite's write lock up front (BEGIN IMMEDIATE): two deferred
+    transactions that both read and then write would otherwise fail with "database is
+    locked". Waiting writers are queued on a process-wide lock first, because SQLite's own
+    busy handler waits by sleeping in growing steps, which turned a burst of creates into a
+    one-second tail. Other processes on the same file still wait in SQLite's busy handler.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def begin(self, connection: Any) -> None:
+        if connection.get_execution_options().get("careplan_write"):
+            self._lock.acquire()
+            connection.info["careplan_writer"] = True
+            try:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                self._release(connection.info)
+                raise
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+    def end(self, connection: Any) -> None:
+        self._release(connection.info)
+
+    def checkin(self, _dbapi_connection: Any, record: Any) -> None:
+        # A connection returned to the pool never keeps the writer's turn.
+        self._release(record.info)
+
+    def _release(self, info: dict[str, Any]) -> None:
+        if info.pop("careplan_writer", False):
+            self._lock.release()
 
 
 def begin_write(connection: Connection) -> None:
