@@ -44,14 +44,37 @@ class Services:
     new_id: Callable[[], str]
 
 
-@dataclass
 class FhirContext:
-    """One request's view of the server."""
+    """One request's view of the server.
 
-    request: Request
-    connection: Connection
-    repository: Repository
-    services: Services
+    The database connection is checked out of the pool on first use, in the thread that runs
+    the interaction: checking it out on the event loop would block the loop whenever the pool
+    is empty, and only the loop can give connections back.
+    """
+
+    def __init__(self, request: Request, services: Services) -> None:
+        self.request = request
+        self.services = services
+        self._connection: Connection | None = None
+        self._repository: Repository | None = None
+
+    @property
+    def connection(self) -> Connection:
+        if self._connection is None:
+            self._connection = self.services.engine.connect()
+        return self._connection
+
+    @property
+    def repository(self) -> Repository:
+        if self._repository is None:
+            services = self.services
+            self._repository = Repository(self.connection, now=services.now, new_id=services.new_id)
+        return self._repository
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     @property
     def settings(self) -> Settings:
@@ -91,16 +114,17 @@ class FhirContext:
         return render_response(self.request, content, status, headers)
 
 
-# A coroutine on purpose: it does no blocking work (the connection is checked out of the
-# pool lazily, on the first statement), and a plain ``def`` dependency would cost a
-# thread-pool hop on every request.
+# A coroutine on purpose: it does no blocking work (see FhirContext), and a plain ``def``
+# dependency would cost a thread-pool hop on every request.
 async def _context(request: Request) -> AsyncIterator[FhirContext]:
     services: Services = request.app.state.services
     # Refuse an unsatisfiable Accept or _format (406) before doing any work.
     response_format(request)
-    with services.engine.connect() as connection:
-        repository = Repository(connection, now=services.now, new_id=services.new_id)
-        yield FhirContext(request, connection, repository, services)
+    context = FhirContext(request, services)
+    try:
+        yield context
+    finally:
+        context.close()
 
 
 ContextDep = Annotated[FhirContext, Depends(_context)]

@@ -41,12 +41,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             kwargs["pool_size"] = 40
             kwargs["max_overflow"] = 10
         engine = create_engine(url, **kwargs)
-        writer = _SqliteWriterLock()
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", writer.begin)
-        event.listen(engine, "commit", writer.end)
-        event.listen(engine, "rollback", writer.end)
-        event.listen(engine.pool, "checkin", writer.checkin)
+        _SqliteWriterLock(engine)
         return engine
     kwargs["pool_size"] = 10
     kwargs["max_overflow"] = 20
@@ -76,33 +72,53 @@ class _SqliteWriterLock:
     transactions that both read and then write would otherwise fail with "database is
     locked". Waiting writers are queued on a process-wide lock first, because SQLite's own
     busy handler waits by sleeping in growing steps, which turned a burst of creates into a
-    one-second tail. Other processes on the same file still wait in SQLite's busy handler.
+    one-second tail. The turn passes on only after COMMIT or ROLLBACK has run (the dialect's
+    ``do_commit``/``do_rollback`` are wrapped), so the next writer never meets a busy file.
+    Other processes on the same file still wait in SQLite's busy handler.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._lock = threading.Lock()
+        self._holder: Any = None
+        dialect = engine.dialect
+        commit, rollback = dialect.do_commit, dialect.do_rollback
+
+        def do_commit(dbapi_connection: Any) -> None:
+            try:
+                commit(dbapi_connection)
+            finally:
+                self._release(dbapi_connection)
+
+        def do_rollback(dbapi_connection: Any) -> None:
+            try:
+                rollback(dbapi_connection)
+            finally:
+                self._release(dbapi_connection)
+
+        dialect.do_commit = do_commit  # type: ignore[method-assign]
+        dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+        event.listen(engine, "begin", self.begin)
+        event.listen(engine.pool, "checkin", self.checkin)
 
     def begin(self, connection: Any) -> None:
         if connection.get_execution_options().get("careplan_write"):
             self._lock.acquire()
-            connection.info["careplan_writer"] = True
+            self._holder = connection.connection.dbapi_connection
             try:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             except BaseException:
-                self._release(connection.info)
+                self._release(self._holder)
                 raise
         else:
             connection.exec_driver_sql("BEGIN")
 
-    def end(self, connection: Any) -> None:
-        self._release(connection.info)
-
-    def checkin(self, _dbapi_connection: Any, record: Any) -> None:
+    def checkin(self, dbapi_connection: Any, _record: Any) -> None:
         # A connection returned to the pool never keeps the writer's turn.
-        self._release(record.info)
+        self._release(dbapi_connection)
 
-    def _release(self, info: dict[str, Any]) -> None:
-        if info.pop("careplan_writer", False):
+    def _release(self, dbapi_connection: Any) -> None:
+        if dbapi_connection is not None and dbapi_connection is self._holder:
+            self._holder = None
             self._lock.release()
 
 
