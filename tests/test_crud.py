@@ -213,3 +213,22 @@ def test_task_status_required_binding(client: TestClient) -> None:
     assert outcome["resourceType"] == "OperationOutcome"
     assert outcome["issue"][0]["expression"] == ["Task.status"]
     assert client.get("/fhir/Task").json()["total"] == 0
+
+
+def test_plain_read_fast_path_matches_the_framework_read(client: TestClient) -> None:
+    client.post("/fhir/Patient", json=patient())
+    client.put("/fhir/Patient/id1", json=patient(id="id1", gender="male"))
+    fast = client.get("/fhir/Patient/id1")  # answered by rest/read_fast_path.py
+    framework = client.get("/fhir/Patient/id1?_format=json")  # by rest/read.py
+    assert fast.status_code == framework.status_code == 200
+    assert fast.content == framework.content
+    for header in ("etag", "last-modified", "content-type", "content-length"):
+        assert fast.headers[header] == framework.headers[header]
+    assert fast.headers["etag"] == 'W/"2"'
+    # Whatever the fast path does not serve still gets the framework's answers.
+    not_modified = client.get("/fhir/Patient/id1", headers={"If-None-Match": 'W/"2"'})
+    assert not_modified.status_code == 304
+    xml = client.get("/fhir/Patient/id1", headers={"accept": "application/fhir+xml"})
+    assert xml.headers["content-type"].startswith("application/fhir+xml")
+    client.delete("/fhir/Patient/id1")
+    assert client.get("/fhir/Patient/id1").status_code == 410

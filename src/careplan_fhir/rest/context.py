@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from email.utils import format_datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -235,10 +236,8 @@ def find_by_criteria(
     return run_search(ctx.repository, request).matches
 
 
-def resource_headers(ctx: FhirContext, stored: StoredResource) -> dict[str, str]:
-    """ETag, Last-Modified and Content-Location of a stored version."""
-    from email.utils import format_datetime
-
+def resource_headers(stored: StoredResource) -> dict[str, str]:
+    """``ETag`` and ``Last-Modified`` of a stored version."""
     return {
         "ETag": stored.etag,
         "Last-Modified": format_datetime(stored.last_updated_aware, usegmt=True),

@@ -249,7 +249,7 @@ def plan_definition_import(ctx: ContextDep, body: BodyDep) -> Response:
     stored = import_guidance(ctx, request)
     ctx.connection.commit()
     plan = stored[0]
-    headers = resource_headers(ctx, plan)
+    headers = resource_headers(plan)
     headers["Location"] = ctx.url_of(plan, versioned=True)
     entries = [entry_bytes(ctx.url_of(s), s.raw) for s in stored]
     return ctx.respond(

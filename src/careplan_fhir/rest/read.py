@@ -15,7 +15,7 @@ router = APIRouter()
 def read(resource_type: str, resource_id: str, ctx: ContextDep) -> Response:
     check_type(resource_type)
     stored = ctx.repository.read(resource_type, resource_id)
-    headers = resource_headers(ctx, stored)
+    headers = resource_headers(stored)
     if_none_match = ctx.header("if-none-match")
     if if_none_match and if_none_match.strip() == stored.etag:
         return Response(status_code=304, headers=headers)

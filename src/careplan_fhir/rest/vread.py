@@ -16,4 +16,4 @@ def vread(resource_type: str, resource_id: str, version_id: str, ctx: ContextDep
     check_type(resource_type)
     stored = ctx.repository.vread(resource_type, resource_id, version_id)
     assert stored.raw is not None
-    return ctx.respond(shape_resource(ctx.request, stored.raw), 200, resource_headers(ctx, stored))
+    return ctx.respond(shape_resource(ctx.request, stored.raw), 200, resource_headers(stored))

@@ -35,7 +35,7 @@ class WriteResult:
 def write_headers(ctx: FhirContext, result: WriteResult) -> dict[str, str]:
     if result.stored is None or result.stored.deleted:
         return {"ETag": result.stored.etag} if result.stored else {}
-    headers = resource_headers(ctx, result.stored)
+    headers = resource_headers(result.stored)
     headers["Location"] = ctx.url_of(result.stored, versioned=True)
     return headers
 
