@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 DB     ?= sqlite:///./careplan.db
 
-.PHONY: serve test lint check bench clean
+.PHONY: serve test lint check bench clean golden
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 check: lint test
+
+## Regenerate the golden Bundles of the example leaflets (checked by tests/test_guidance_golden.py).
+GOLDEN_DATE := 2026-11-24T00:00:00Z
+golden: $(STAMP)
+	@for f in examples/guidance/*.txt examples/guidance/*.md examples/guidance/*.html \
+	          examples/guidance/*.yaml; do \
+	  stem=$$(basename "$${f%.*}"); \
+	  $(BIN)/careplan-fhir guidance import "$$f" --out "examples/guidance/golden/$$stem.bundle.json" \
+	    --url-base https://careplan-fhir.org/fhir --version 0.1.0 --date $(GOLDEN_DATE) || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -106,7 +106,9 @@ _SUPPLY_CONTEXT = re.compile(
 _DESCRIPTIVE_CONTEXT = re.compile(
     r"^(?:what\s+(?:is|are)\s+(?:a\s+|an\s+|the\s+)?(?!recovery\b|the\s+recovery\b)"
     r"|how\s+is\s+(?:it|this|the)\b|why\b|about\s+(?:the|your|this)\b|overview\b|background\b"
-    r"|introduction\b|description\b|what\s+happens\s+during\b|how\s+(?:does|do)\b)"
+    r"|introduction\b|description\b|what\s+happens\s+during\b|how\s+does\b"
+    # "How do I / you …?" asks what to do (a care section); "How do bones heal?" describes.
+    r"|how\s+do\b(?!\s+(?:i|you|we)\b))"
     r"|\brisks?\b|\bside\s+effects\b|\bcomplications\b",
     re.IGNORECASE,
 )
@@ -565,6 +567,7 @@ _ROUTINE = re.compile(
 )
 _CALL_IF = re.compile(
     r"^(?:please\s+|also\s+|and\s+)*(?:call|contact|phone|ring|page|get\s+help|seek\s+\w+\s+\w+"
+    r"|tell(?=\s+(?:your|the|a)\s+(?:\w+\s+)?(?:team|doctor|surgeon|nurse|provider)\s+if\b)"
     r"|go\s+to)\b(?P<who>[^.]*?)\b(?:right\s+away\s+|immediately\s+|now\s+)?"
     r"(?:if|when|with\s+any|about\s+any|for\s+any)\s+(?P<sign>.+)$",
     re.IGNORECASE,

@@ -416,7 +416,13 @@ class _Builder:
         items: list[dict[str, Any]] = []
         if "body-temperature" in measures or re.search(r"temperature|fever", monitoring):
             items += self.temperature_items()
-        if "pain-score" in measures or "pain" in monitoring:
+        # Pain 0-10 when a sign is judged on it, when the leaflet asks the patient to watch their
+        # pain, or when it manages pain with medicine (the score tells whether that works).
+        pain_medicine = any(
+            i.kind == "medication" and re.search(r"\bpain\b", i.text, re.IGNORECASE)
+            for i in guidance.instructions
+        )
+        if "pain-score" in measures or "pain" in monitoring or pain_medicine:
             items.append(
                 {
                     "extension": [

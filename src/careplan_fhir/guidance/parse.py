@@ -33,7 +33,6 @@ from .classify import (
     is_follow_up_statement,
     is_instruction,
     is_prohibition,
-    mentions_fever,
     split_clauses,
     split_sentences,
     supply_items,
@@ -74,6 +73,12 @@ _EXTENSIONS: dict[str, SourceFormat] = {
     ".yaml": "yaml",
     ".yml": "yaml",
 }
+#: "Any other questions or worries": an invitation to call, not a sign that something is wrong.
+_NOT_A_SIGN = re.compile(
+    r"^(?:(?:for\s+|with\s+)?any\s+(?:other\s+|more\s+)?)?"
+    r"(?:questions?|concerns?|worr(?:y|ies))\b",
+    re.IGNORECASE,
+)
 _HTML_START = re.compile(r"^\s*(?:<!doctype\s+html|<html\b|<\?xml)", re.IGNORECASE)
 _HTML_TAG = re.compile(r"<(?:p|h[1-6]|ul|ol|li|div|br|body|section|article|table)\b[^>]*>", re.I)
 _YAML_KEY = re.compile(
@@ -351,9 +356,9 @@ class _Reader:
     def add_warning(
         self, block: Block, start: int, end: int, text: str, context: str, whole: str
     ) -> None:
+        if _NOT_A_SIGN.match(text.strip()):
+            return
         fever_parameter = FEVER_PARAMETER if self.fever_deferred else None
-        if self.fever_deferred and mentions_fever(text):
-            pass
         condition = condition_of(text, fever_parameter=fever_parameter)
         self.warning_signs.append(
             WarningSign(
@@ -463,6 +468,10 @@ class _Reader:
             return
         signs = warnings_in_sentence(text)
         if signs:
+            if len(signs) == 1:
+                # One sign: its provenance is the whole sentence ("Call us if …"), which is
+                # what a reviewer reads; several signs in one sentence each keep their piece.
+                signs = [(signs[0][0], 0, end - start)]
             for sign, sign_start, sign_end in signs:
                 self.add_warning(
                     block, start + sign_start, start + sign_end, sign, warn_context, text
@@ -564,6 +573,15 @@ def parse_guidance(
         else:
             reader.paragraph(block)
     final_title = title if title is not None else found_title
+    if (
+        title is None
+        and not title_is_first_block
+        and not (source_format == "html" and html_title(text))
+    ):
+        # No heading names the leaflet: its first sentence is not a title; the procedure is.
+        procedure = find_procedure(found_title, text)
+        if procedure:
+            final_title = f"Recovery at home after {procedure}"
     return RecoveryGuidance(
         title=final_title,
         source_text=text,
