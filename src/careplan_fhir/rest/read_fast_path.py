@@ -34,6 +34,7 @@ class FastRead:
         self.services = services
         engine = services.engine
         self.inline = engine.dialect.name == "sqlite"  # a local file: no network wait
+        self.autocommit = engine.dialect.name == "postgresql"
         marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         self.sql = (
             "SELECT version, last_updated, raw, deleted FROM resource"
@@ -74,12 +75,20 @@ class FastRead:
 
     def _lookup(self, resource_type: str, resource_id: str) -> StoredResource | None:
         connection = self.services.engine.raw_connection()
+        driver = connection.driver_connection
+        # One statement needs no transaction: in autocommit mode PostgreSQL is spared the
+        # BEGIN and ROLLBACK round trips (SQLite runs it in autocommit already).
+        autocommit = self.autocommit and not getattr(driver, "autocommit", True)
         try:
+            if autocommit:
+                driver.autocommit = True  # type: ignore[union-attr]
             cursor = connection.cursor()
             cursor.execute(self.sql, (resource_type, resource_id))
             row = cursor.fetchone()
             cursor.close()
         finally:
+            if autocommit:
+                driver.autocommit = False  # type: ignore[union-attr]
             connection.close()
         if row is None or row[3] or row[2] is None:
             return None
