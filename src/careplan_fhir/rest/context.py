@@ -28,7 +28,7 @@ from careplan_fhir.storage.db import begin_write
 from careplan_fhir.storage.repository import Repository, StoredResource, parse_version_tag
 from careplan_fhir.storage.search import parse_search, run_search
 
-from .formats import FHIR_JSON, FHIR_XML, render_response, response_format
+from .formats import FHIR_JSON, FHIR_XML, media_type, render_response, response_format
 
 SERVED = frozenset(SERVED_TYPES)
 #: Paths under the base that are interactions, not types; other methods there get 405.
@@ -168,7 +168,7 @@ _XML_TYPES = {"application/fhir+xml", "application/xml", "text/xml", "applicatio
 
 def body_format(content_type: str | None) -> str:
     """FHIR_JSON or FHIR_XML for a request ``Content-Type``; 415 for anything else."""
-    media = (content_type or "").split(";", 1)[0].strip().lower()
+    media = media_type(content_type)
     if media in _JSON_TYPES or media == "":
         return FHIR_JSON
     if media in _XML_TYPES:

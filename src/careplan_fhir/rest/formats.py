@@ -30,15 +30,16 @@ _FORMAT_ALIASES = {
 }
 
 
-def _media_type(value: str) -> str:
-    return value.split(";", 1)[0].strip().lower()
+def media_type(value: str | None) -> str:
+    """The bare media type of a Content-Type or Accept item: ``a/b;charset=x`` → ``a/b``."""
+    return (value or "").split(";", 1)[0].strip().lower()
 
 
 def response_format(request: Request) -> str:
     """The response media type: ``_format`` wins over ``Accept``; JSON by default."""
     requested = request.query_params.get("_format")
     if requested:
-        media = _FORMAT_ALIASES.get(_media_type(requested.replace(" ", "+")))
+        media = _FORMAT_ALIASES.get(media_type(requested.replace(" ", "+")))
         if media is None:
             raise NotAcceptable(f"_format {requested!r} is not supported (json or xml)")
         return media
@@ -47,7 +48,7 @@ def response_format(request: Request) -> str:
         return FHIR_JSON
     candidates = []
     for position, part in enumerate(accept.split(",")):
-        media = _media_type(part)
+        media = media_type(part)
         quality = 1.0
         for parameter in part.split(";")[1:]:
             key, _, value = parameter.strip().partition("=")

@@ -20,6 +20,7 @@ from .context import (
     find_by_criteria,
     if_match_version,
 )
+from .formats import media_type
 from .update import update_resource
 from .write_result import WriteResult, write_response
 
@@ -29,7 +30,7 @@ JSON_PATCH = "application/json-patch+json"
 
 
 def parse_patch(body: bytes, content_type: str | None) -> list[Any]:
-    media = (content_type or "").split(";", 1)[0].strip().lower()
+    media = media_type(content_type)
     if media != JSON_PATCH:
         raise UnsupportedMediaType(f"PATCH needs Content-Type {JSON_PATCH}, not {content_type!r}")
     try:

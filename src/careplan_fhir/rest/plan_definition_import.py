@@ -48,6 +48,7 @@ from .context import (
     parse_document,
     resource_headers,
 )
+from .formats import media_type
 
 router = APIRouter()
 
@@ -80,7 +81,7 @@ def read_import_request(
     body: bytes, content_type: str | None, query: dict[str, str]
 ) -> ImportRequest:
     """The request's document and options; 400 for a malformed request, 415 for its type."""
-    media = (content_type or "").split(";", 1)[0].strip().lower()
+    media = media_type(content_type)
     raw_format = format_for_media_type(content_type)
     if raw_format is not None:
         text = _decode(body, _charset(content_type), "The request body")

@@ -14,6 +14,7 @@ from careplan_fhir.storage.search import parse_search, run_search
 
 from .bundles import bundle_bytes, entry_bytes
 from .context import BodyDep, ContextDep, FhirContext, check_type
+from .formats import media_type
 from .transforms import subset
 
 router = APIRouter()
@@ -92,7 +93,7 @@ def search_get(resource_type: str, ctx: ContextDep) -> Response:
 @router.post("/{resource_type}/_search", summary="search-type (POST)")
 def search_post(resource_type: str, ctx: ContextDep, body: BodyDep) -> Response:
     check_type(resource_type)
-    media = (ctx.header("content-type") or "").split(";", 1)[0].strip().lower()
+    media = media_type(ctx.header("content-type"))
     if body and media != "application/x-www-form-urlencoded":
         raise UnsupportedMediaType(
             "POST _search takes application/x-www-form-urlencoded parameters"
