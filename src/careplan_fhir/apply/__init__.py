@@ -1,0 +1,1 @@
+"""``PlanDefinition/$apply``: template + patient + encounter → unsaved CarePlan resources. Pure."""
