@@ -15,6 +15,7 @@ from fastapi.responses import Response
 
 from careplan_fhir import __version__
 from careplan_fhir.fhir.models import SERVED_TYPES
+from careplan_fhir.fhir.profiles import supported_profiles
 from careplan_fhir.fhir.search_parameters import SPECIAL_PARAMETERS, parameters_for
 
 from .context import ContextDep
@@ -48,7 +49,39 @@ TYPE_OPERATIONS = {
             ),
         }
     ],
+    "Encounter": [
+        {
+            "name": "attach-care-plan",
+            "definition": (
+                f"{PROJECT_CANONICAL}/OperationDefinition/Encounter-attach-care-plan"
+            ),
+            "documentation": (
+                "Apply an active recovery template to the encounter's patient and store the"
+                " plan (CarePlan, Goals, Tasks, Communication, Provenance) in one transaction;"
+                " retry-safe per encounter and template version; a newer version revises."
+            ),
+        }
+    ],
+    "CarePlan": [
+        {
+            "name": "revoke",
+            "definition": f"{PROJECT_CANONICAL}/OperationDefinition/CarePlan-revoke",
+            "documentation": "Revoke the plan; its open Tasks are cancelled, finished ones kept.",
+        }
+    ],
 }
+
+#: Operations on every type (rest/resource_validate.py; the spec's definition, unchanged).
+ALL_TYPE_OPERATIONS = [
+    {
+        "name": "validate",
+        "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+        "documentation": (
+            "Check a resource against the base specification, the profile named by 'profile'"
+            " and the profiles it declares in meta.profile; nothing is stored."
+        ),
+    }
+]
 
 #: Reverse includes clients of care plans ask for; any reference parameter works the same way.
 REVINCLUDES = (
@@ -107,8 +140,9 @@ def _resources() -> list[dict[str, Any]]:
                 "searchParam": _search_params(resource_type),
             }
         )
-        if resource_type in TYPE_OPERATIONS:
-            resources[-1]["operation"] = TYPE_OPERATIONS[resource_type]
+        if resource_type in supported_profiles():
+            resources[-1]["supportedProfile"] = supported_profiles()[resource_type]
+        resources[-1]["operation"] = TYPE_OPERATIONS.get(resource_type, []) + ALL_TYPE_OPERATIONS
     return resources
 
 

@@ -19,6 +19,7 @@ from .context import (
     if_match_version,
     parse_document,
 )
+from .hooks import run_after_update
 from .write_result import WriteResult, write_response
 
 router = APIRouter()
@@ -29,6 +30,7 @@ def update_resource(
 ) -> WriteResult:
     """Store a new version of ``resource_id`` (or create it with that id)."""
     stored, created = ctx.repository.update(document, resource_id, if_match=if_match)
+    run_after_update(ctx, document, stored)
     if created:
         return WriteResult(201, stored, f"Created {stored.resource_type}/{resource_id}")
     return WriteResult(200, stored, f"Updated {stored.resource_type}/{resource_id}")

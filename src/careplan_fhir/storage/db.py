@@ -63,6 +63,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # instead of copying pages into each connection's small private cache.
     cursor.execute("PRAGMA mmap_size=1073741824")
     cursor.execute("PRAGMA cache_size=-16384")
+    # Checkpoint (copy the WAL into the database, with an fsync) every ~40 MB rather than every
+    # ~4 MB: fewer stalls on the writer that happens to trigger it.
+    cursor.execute("PRAGMA wal_autocheckpoint=10000")
     cursor.close()
 
 

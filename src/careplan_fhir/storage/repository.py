@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from careplan_fhir.errors import (
@@ -48,6 +48,39 @@ _INDEX_TABLE_BY_KIND = {
 
 _resource = ResourceRow.__table__  # type: ignore[attr-defined]
 _version = ResourceVersionRow.__table__  # type: ignore[attr-defined]
+
+# Statements built once, with bound parameters: building and cache-keying a new statement per
+# write cost more than running it.
+_INSERT_RESOURCE = insert(_resource).returning(_resource.c.pk)
+_INSERT_VERSION = insert(_version)
+_BUMP_RESOURCE = (
+    update(_resource)
+    .where(_resource.c.pk == bindparam("b_pk"), _resource.c.version == bindparam("b_version"))
+    .values(
+        version=bindparam("b_new_version"),
+        last_updated=bindparam("b_last_updated"),
+        raw=bindparam("b_raw"),
+        content=bindparam("b_content"),
+        deleted=bindparam("b_deleted"),
+    )
+)
+_FIND = select(
+    _resource.c.pk,
+    _resource.c.version,
+    _resource.c.last_updated,
+    _resource.c.raw,
+    _resource.c.deleted,
+).where(_resource.c.res_type == bindparam("b_type"), _resource.c.res_id == bindparam("b_id"))
+_INSERT_INDEX = {
+    kind: insert(table.__table__)  # type: ignore[attr-defined]
+    for kind, table in _INDEX_TABLE_BY_KIND.items()
+}
+_CLEAR_INDEX = [
+    delete(table.__table__).where(  # type: ignore[attr-defined]
+        table.__table__.c.resource_pk == bindparam("b_pk")  # type: ignore[attr-defined]
+    )
+    for table in _INDEX_TABLE_BY_KIND.values()
+]
 
 
 @dataclass(frozen=True)
@@ -103,6 +136,9 @@ class Repository:
         new_id: Callable[[], str],
     ) -> None:
         self.connection = connection
+        # The JSON(B) copy serves SQL-side inspection on PostgreSQL; on SQLite it would only
+        # triple the bytes every write puts through the WAL.
+        self._keep_content = connection.dialect.name == "postgresql"
         self.now = now
         self.new_id = new_id
 
@@ -110,15 +146,7 @@ class Repository:
 
     def find(self, resource_type: str, resource_id: str) -> StoredResource | None:
         """The current version (deleted ones included), or None if the id never existed."""
-        row = self.connection.execute(
-            select(
-                _resource.c.pk,
-                _resource.c.version,
-                _resource.c.last_updated,
-                _resource.c.raw,
-                _resource.c.deleted,
-            ).where(_resource.c.res_type == resource_type, _resource.c.res_id == resource_id)
-        ).first()
+        row = self.connection.execute(_FIND, {"b_type": resource_type, "b_id": resource_id}).first()
         if row is None:
             return None
         return StoredResource(
@@ -191,29 +219,25 @@ class Repository:
         moment = self.now()
         raw = stamp(document, resource_id, 1, moment)
         stored_moment = _naive(moment)
-        statement = (
-            insert(_resource)
-            .values(
-                res_type=resource_type,
-                res_id=resource_id,
-                version=1,
-                last_updated=stored_moment,
-                deleted=False,
-                content=raw,
-                raw=raw,
-            )
-            .returning(_resource.c.pk)
-        )
+        values = {
+            "res_type": resource_type,
+            "res_id": resource_id,
+            "version": 1,
+            "last_updated": stored_moment,
+            "deleted": False,
+            "content": raw if self._keep_content else None,
+            "raw": raw,
+        }
         if client_id:
             # A client-chosen id may clash with a concurrent create: a savepoint keeps the
             # outer transaction usable so the clash can be reported as a conflict.
             try:
                 with self.connection.begin_nested():
-                    pk = self.connection.execute(statement).scalar_one()
+                    pk = self.connection.execute(_INSERT_RESOURCE, values).scalar_one()
             except IntegrityError:
                 raise ResourceConflict(f"{resource_type}/{resource_id} already exists") from None
         else:
-            pk = self.connection.execute(statement).scalar_one()
+            pk = self.connection.execute(_INSERT_RESOURCE, values).scalar_one()
         self._insert_version(pk, resource_type, resource_id, 1, stored_moment, "POST", raw)
         self._write_index(pk, resource_type, document, replace=False)
         return StoredResource(pk, resource_type, resource_id, 1, stored_moment, raw, False, "POST")
@@ -338,9 +362,16 @@ class Repository:
         deleted: bool,
     ) -> None:
         result = self.connection.execute(
-            update(_resource)
-            .where(_resource.c.pk == current.pk, _resource.c.version == current.version)
-            .values(version=version, last_updated=moment, raw=raw, content=raw, deleted=deleted)
+            _BUMP_RESOURCE,
+            {
+                "b_pk": current.pk,
+                "b_version": current.version,
+                "b_new_version": version,
+                "b_last_updated": moment,
+                "b_raw": raw,
+                "b_content": raw if self._keep_content else None,
+                "b_deleted": deleted,
+            },
         )
         if result.rowcount != 1:
             raise ResourceConflict(
@@ -358,21 +389,21 @@ class Repository:
         raw: bytes | None,
     ) -> None:
         self.connection.execute(
-            insert(_version).values(
-                resource_pk=pk,
-                res_type=resource_type,
-                res_id=resource_id,
-                version=version,
-                last_updated=moment,
-                method=method,
-                raw=raw,
-            )
+            _INSERT_VERSION,
+            {
+                "resource_pk": pk,
+                "res_type": resource_type,
+                "res_id": resource_id,
+                "version": version,
+                "last_updated": moment,
+                "method": method,
+                "raw": raw,
+            },
         )
 
     def _clear_index(self, pk: int) -> None:
-        for table in _INDEX_TABLE_BY_KIND.values():
-            sql_table = table.__table__  # type: ignore[attr-defined]
-            self.connection.execute(delete(sql_table).where(sql_table.c.resource_pk == pk))
+        for statement in _CLEAR_INDEX:
+            self.connection.execute(statement, {"b_pk": pk})
 
     def _write_index(
         self, pk: int, resource_type: str, document: dict[str, Any], *, replace: bool
@@ -380,13 +411,13 @@ class Repository:
         if replace:
             self._clear_index(pk)
         entries: IndexEntries = extract_index_entries(document)
-        for kind, table in _INDEX_TABLE_BY_KIND.items():
+        for kind, statement in _INSERT_INDEX.items():
             rows = getattr(entries, kind)
             if rows:
                 for row in rows:
                     row["resource_pk"] = pk
                     row["res_type"] = resource_type
-                self.connection.execute(insert(table.__table__), rows)  # type: ignore[attr-defined]
+                self.connection.execute(statement, rows)
 
 
 def _naive(moment: datetime) -> datetime:

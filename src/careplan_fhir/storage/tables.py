@@ -159,3 +159,27 @@ INDEX_TABLES: tuple[type[SQLModel], ...] = (
     UriIndexRow,
     QuantityIndexRow,
 )
+
+
+class CarePlanAttachmentRow(SQLModel, table=True):
+    """One template version applied to one encounter: the key that makes ``$attach-care-plan``
+    retry-safe.
+
+    The unique constraint on (encounter, template url, template version) lets exactly one of two
+    concurrent attach calls store a plan; the other finds this row and answers with that plan.
+    """
+
+    __tablename__ = "careplan_attachment"
+    __table_args__ = (
+        UniqueConstraint(
+            "encounter", "template_url", "template_version", name="uq_careplan_attachment"
+        ),
+    )
+
+    pk: int | None = Field(default=None, primary_key=True)
+    #: ``Encounter/{id}``
+    encounter: str = Field(sa_column=Column(String(128), nullable=False))
+    template_url: str = Field(sa_column=Column(String(1000), nullable=False))
+    template_version: str = Field(sa_column=Column(String(64), nullable=False))
+    careplan_id: str = Field(sa_column=Column(String(64), nullable=False))
+    created: datetime = Field(sa_column=Column(DateTime, nullable=False))
