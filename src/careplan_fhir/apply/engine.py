@@ -283,6 +283,31 @@ def _check_quantity(spec: ParameterSpec, value: Any, issues: list[ApplyIssue]) -
     return {"value": number, "unit": _UNIT_DISPLAY.get(code, code), "system": UCUM, "code": code}
 
 
+_PARAMETER_TEXT = re.compile(r"^\s*(?P<value>[+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?P<unit>\S.*?)?\s*$")
+
+
+def parse_parameter(text: str, kind: str = "Quantity") -> Any:
+    """A clinician parameter written as text (CLI, GET): ``38.0Cel``, ``100.4[degF]``, ``24 h``.
+
+    A Quantity becomes ``{"value": Decimal, "code": unit}`` (checked later, like any value); an
+    integer becomes an ``int``; other types, and text that does not parse, stay text.
+    """
+    if kind == "Quantity":
+        match = _PARAMETER_TEXT.match(text)
+        if match is None:
+            return text
+        quantity: dict[str, Any] = {"value": Decimal(match["value"])}
+        if match["unit"]:
+            quantity["code"] = match["unit"]
+        return quantity
+    if kind == "integer":
+        try:
+            return int(text.strip())
+        except ValueError:
+            return text
+    return text
+
+
 def _decimal(value: Any) -> Decimal | None:
     if isinstance(value, bool) or value is None:
         return None
@@ -1009,6 +1034,7 @@ __all__ = [
     "add_duration",
     "apply_plan_definition",
     "bind_parameters",
+    "parse_parameter",
     "date_text",
     "parameter_specs",
     "quantity_text",

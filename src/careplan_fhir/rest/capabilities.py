@@ -47,7 +47,16 @@ TYPE_OPERATIONS = {
                 "Import recovery guidance (leaflet or authored YAML) as draft artifacts:"
                 " PlanDefinition, ActivityDefinitions, check-in Questionnaire, DocumentReference."
             ),
-        }
+        },
+        {
+            "name": "apply",
+            "definition": f"{PROJECT_CANONICAL}/OperationDefinition/PlanDefinition-apply",
+            "documentation": (
+                "Apply an active recovery template for a patient (R4 PlanDefinition/$apply plus"
+                " the template's clinician parameters): a transient CarePlan with its Goals,"
+                " Tasks and education Communication contained; nothing is stored."
+            ),
+        },
     ],
     "Encounter": [
         {
