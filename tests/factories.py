@@ -108,3 +108,30 @@ def observation(patient_id: str, **overrides: Any) -> dict[str, Any]:
     }
     resource.update(overrides)
     return resource
+
+
+def encounter(patient_id: str | None, **overrides: Any) -> dict[str, Any]:
+    """A finished inpatient stay; ``period.end`` is the discharge time."""
+    resource: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+            "code": "IMP",
+            "display": "inpatient encounter",
+        },
+        "period": {"start": "2026-02-27T08:00:00Z", "end": "2026-03-01T10:00:00Z"},
+    }
+    if patient_id is not None:
+        resource["subject"] = {"reference": f"Patient/{patient_id}"}
+    resource.update(overrides)
+    return resource
+
+
+def practitioner(**overrides: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Practitioner",
+        "name": [{"family": "Okafor", "given": ["Ada"], "prefix": ["Dr."]}],
+    }
+    resource.update(overrides)
+    return resource

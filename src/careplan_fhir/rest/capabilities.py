@@ -61,9 +61,7 @@ TYPE_OPERATIONS = {
     "Encounter": [
         {
             "name": "attach-care-plan",
-            "definition": (
-                f"{PROJECT_CANONICAL}/OperationDefinition/Encounter-attach-care-plan"
-            ),
+            "definition": f"{PROJECT_CANONICAL}/OperationDefinition/Encounter-attach-care-plan",
             "documentation": (
                 "Apply an active recovery template to the encounter's patient and store the"
                 " plan (CarePlan, Goals, Tasks, Communication, Provenance) in one transaction;"
