@@ -218,7 +218,7 @@ def test_task_status_required_binding(client: TestClient) -> None:
 def test_plain_read_fast_path_matches_the_framework_read(client: TestClient) -> None:
     client.post("/fhir/Patient", json=patient())
     client.put("/fhir/Patient/id1", json=patient(id="id1", gender="male"))
-    fast = client.get("/fhir/Patient/id1")  # answered by rest/read_fast_path.py
+    fast = client.get("/fhir/Patient/id1")  # answered by rest/fast_paths.py
     framework = client.get("/fhir/Patient/id1?_format=json")  # by rest/read.py
     assert fast.status_code == framework.status_code == 200
     assert fast.content == framework.content

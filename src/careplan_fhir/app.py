@@ -17,7 +17,7 @@ from careplan_fhir.fhir.outcome import issue, operation_outcome
 from careplan_fhir.rest.batch_transaction import batch_or_transaction
 from careplan_fhir.rest.context import Services
 from careplan_fhir.rest.errors import install_error_handlers
-from careplan_fhir.rest.read_fast_path import FastRead
+from careplan_fhir.rest.fast_paths import FastPaths
 from careplan_fhir.rest.router import fhir_router
 from careplan_fhir.settings import Settings
 from careplan_fhir.storage.db import make_engine
@@ -96,7 +96,7 @@ def create_app(
     app.include_router(fhir_router(), prefix="/fhir")
     # The base URL itself (no trailing slash) takes batch and transaction Bundles too.
     app.add_api_route("/fhir", batch_or_transaction, methods=["POST"], include_in_schema=False)
-    app.add_middleware(FastRead, services=app.state.services)
+    app.add_middleware(FastPaths, services=app.state.services)
     app.add_middleware(LoadShedder, limit=settings.max_in_flight)  # outermost
 
     return app
