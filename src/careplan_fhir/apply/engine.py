@@ -255,7 +255,7 @@ def _check_quantity(spec: ParameterSpec, value: Any, issues: list[ApplyIssue]) -
         return None
     system = value.get("system")
     if system is not None and system != UCUM:
-        issues.append(ApplyIssue(name, f"unit system must be {UCUM}, not {system!r}"))
+        issues.append(ApplyIssue(name, f"unit system must be UCUM ({UCUM}), not {system!r}"))
         return None
     raw_unit = value.get("code") or value.get("unit")
     code = _UNIT_ALIASES.get(str(raw_unit), raw_unit) if raw_unit else None
