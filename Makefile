@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 DB     ?= sqlite:///./careplan.db
 
-.PHONY: serve test lint check bench clean golden
+.PHONY: serve test lint check bench clean golden profiles-data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,13 +39,10 @@ golden: $(STAMP)
 	  $(BIN)/careplan-fhir guidance import "$$f" --out "examples/guidance/golden/$$stem.bundle.json" \
 	    --url-base https://careplan-fhir.org/fhir --version 0.1.0 --date $(GOLDEN_DATE) || exit 1; \
 	done
-	$(MAKE) golden-apply
 
-## Regenerate the $$apply golden files: each golden template applied to a sample patient
-## (checked by tests/test_apply_golden.py).
-.PHONY: golden-apply
-golden-apply: $(STAMP)
-	$(BIN)/python -m careplan_fhir.apply.golden examples/guidance/golden examples/apply/golden
+## Copy the StructureDefinitions of profiles/ into the package (checked by tests/test_profiles_validator.py).
+profiles-data:
+	cp profiles/StructureDefinition-*.json src/careplan_fhir/fhir/profiles_data/
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -39,3 +39,19 @@ def test_each_custom_search_parameter_is_published() -> None:
         assert str(published["url"]).endswith(
             f"/SearchParameter/{param.resource_type}-{param.name}"
         )
+
+
+def test_every_structure_definition_is_a_valid_constraint_we_ship() -> None:
+    from careplan_fhir.fhir.profiles import PROFILE_BASE, known_profiles
+
+    definitions = sorted(PROFILES.glob("StructureDefinition-*.json"))
+    assert definitions
+    for path in definitions:
+        definition = json.loads(path.read_text())
+        validate_resource(definition)
+        assert definition["fhirVersion"] == "4.0.1"
+        assert definition["derivation"] == "constraint"
+        assert definition["kind"] == "resource"
+        assert definition["url"] == PROFILE_BASE + definition["id"]
+        assert path.name == f"StructureDefinition-{definition['id']}.json"
+        assert definition["url"] in known_profiles()
