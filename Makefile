@@ -39,6 +39,13 @@ golden: $(STAMP)
 	  $(BIN)/careplan-fhir guidance import "$$f" --out "examples/guidance/golden/$$stem.bundle.json" \
 	    --url-base https://careplan-fhir.org/fhir --version 0.1.0 --date $(GOLDEN_DATE) || exit 1; \
 	done
+	$(MAKE) golden-apply
+
+## Regenerate the $$apply golden files: each golden template applied to a sample patient
+## (checked by tests/test_apply_golden.py).
+.PHONY: golden-apply
+golden-apply: $(STAMP)
+	$(BIN)/python -m careplan_fhir.apply.golden examples/guidance/golden examples/apply/golden
 
 ## Copy the StructureDefinitions of profiles/ into the package (checked by tests/test_profiles_validator.py).
 profiles-data:
