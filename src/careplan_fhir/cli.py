@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import UTC
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -343,6 +344,147 @@ def attach_command(
     typer.echo(f"CarePlan/{outcome.care_plan.id} {verb} ({len(outcome.resources)} resources)")
     if outcome.diff is not None:
         typer.echo(f"replaces {outcome.replaced}: {outcome.diff.summary()}")
+
+
+@app.command("apply")
+def apply_command(
+    template: Annotated[
+        str, typer.Argument(help="PlanDefinition id, or canonical url (url|version)")
+    ],
+    patient: Annotated[str, typer.Option("--patient", help="Patient id (the plan's subject)")],
+    encounter: Annotated[
+        str | None, typer.Option("--encounter", help="Encounter id; its discharge starts the plan")
+    ] = None,
+    practitioner: Annotated[
+        str | None, typer.Option("--practitioner", help="Practitioner id (the author)")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="Clinician parameter NAME=VALUE: fever_threshold=38.0Cel, 100.4[degF], 48h"
+            " (repeat)",
+        ),
+    ] = None,
+    database_url: DatabaseOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the Bundle here (default: standard output)")
+    ] = None,
+) -> None:
+    """Print the plan PlanDefinition/$apply gives (a Bundle: CarePlan, Goals, Tasks, education).
+
+    Nothing is stored: attaching the plan to the encounter is `careplan-fhir attach`.
+    """
+    from careplan_fhir.app import new_resource_id
+    from careplan_fhir.apply.engine import apply_plan_definition, parameter_specs, parse_parameter
+    from careplan_fhir.apply.model import ApplyContext, ApplyError
+    from careplan_fhir.errors import FhirError
+    from careplan_fhir.fhir import jsonio
+    from careplan_fhir.fhir.dates import parse_range, utc_now
+    from careplan_fhir.storage.db import make_engine
+    from careplan_fhir.storage.repository import Repository
+    from careplan_fhir.storage.search import parse_search, run_search
+
+    texts: dict[str, str] = {}
+    for item in param or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--param")
+        texts[name.strip()] = value.strip()
+
+    def fail(message: str) -> NoReturn:
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(1)
+
+    engine = make_engine(_settings(database_url).database_url)
+    now = utc_now()
+    try:
+        with engine.connect() as connection:
+            repository = Repository(connection, now=utc_now, new_id=new_resource_id)
+
+            def search(resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+                request = parse_search(resource_type, params, strict=True)
+                request.total = "none"
+                matches = run_search(repository, request).matches
+                return [jsonio.loads(m.raw) for m in matches if m.raw is not None]
+
+            def read(resource_type: str, resource_id: str) -> dict[str, Any]:
+                raw = repository.read(resource_type, resource_id).raw
+                assert raw is not None
+                document: dict[str, Any] = jsonio.loads(raw)
+                return document
+
+            if "://" in template:
+                url, _, version = template.partition("|")
+                criteria = [("url", url), ("_sort", "-_lastUpdated")]
+                criteria += [("version", version)] if version else []
+                plans = search("PlanDefinition", criteria)
+                active = [p for p in plans if p.get("status") == "active"]
+                if not plans:
+                    fail(f"no PlanDefinition with url {template}")
+                plan = (active or plans)[0]
+            else:
+                plan = read("PlanDefinition", template.removeprefix("PlanDefinition/"))
+            definitions: dict[str, dict[str, Any]] = {}
+            for action in plan.get("action", []):
+                canonical = action.get("definitionCanonical")
+                if canonical:
+                    url, _, version = canonical.partition("|")
+                    criteria = [("url", url)] + ([("version", version)] if version else [])
+                    found = search("ActivityDefinition", criteria)
+                    if found:
+                        definitions[canonical] = found[0]
+            read("Patient", patient)
+            start = now
+            addresses: tuple[str, ...] = ()
+            if encounter is not None:
+                stay = read("Encounter", encounter)
+                end = stay.get("period", {}).get("end")
+                if end:
+                    start = parse_range(end)[0].replace(tzinfo=UTC)
+                addresses = tuple(
+                    d["condition"]["reference"]
+                    for d in stay.get("diagnosis", [])
+                    if str(d.get("condition", {}).get("reference", "")).startswith("Condition/")
+                )
+            if practitioner is not None:
+                read("Practitioner", practitioner)
+    except FhirError as exc:
+        fail(exc.message)
+    finally:
+        engine.dispose()
+    specs = parameter_specs(plan)
+    values = {
+        name: parse_parameter(text, specs[name].type if name in specs else "string")
+        for name, text in texts.items()
+    }
+    context = ApplyContext(
+        subject=f"Patient/{patient}",
+        now=now,
+        start=start,
+        new_id=lambda resource_type: new_resource_id(),
+        encounter=f"Encounter/{encounter}" if encounter else None,
+        practitioner=f"Practitioner/{practitioner}" if practitioner else None,
+        parameters=values,
+        addresses=addresses,
+    )
+    try:
+        result = apply_plan_definition(plan, definitions, context)
+    except ApplyError as exc:
+        for issue in exc.issues:
+            typer.echo(f"error: {issue.name}: {issue.message}", err=True)
+        raise typer.Exit(1) from None
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "timestamp": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in result.resources()],
+    }
+    data = jsonio.dumps(bundle, pretty=True) + b"\n"
+    if out is None:
+        typer.echo(data.decode("utf-8"), nl=False)
+    else:
+        out.write_bytes(data)
 
 
 @app.command("apply")
