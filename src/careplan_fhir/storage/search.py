@@ -639,9 +639,16 @@ def run_search(repository: Repository, request: SearchRequest) -> SearchResult:
         ascending_now = (not descending) if forward else descending
         ordered = expression.asc() if ascending_now else expression.desc()
         order.append(ordered.nulls_last() if forward else ordered.nulls_first())
+    # The page's stored rows come with their sort keys: one query, no second fetch by pk.
     statement = (
         select(
-            _resource.c.pk, *[expression.label(f"k{i}") for i, (expression, _) in enumerate(keys)]
+            _resource.c.pk,
+            _resource.c.res_type,
+            _resource.c.res_id,
+            _resource.c.version,
+            _resource.c.last_updated,
+            _resource.c.raw,
+            *[expression.label(f"k{i}") for i, (expression, _) in enumerate(keys)],
         )
         .where(*conditions)
         .order_by(*order)
@@ -657,7 +664,12 @@ def run_search(repository: Repository, request: SearchRequest) -> SearchResult:
     rows = rows[: request.count]
     if not forward:
         rows.reverse()
-    matches = repository.load_many([row.pk for row in rows])
+    matches = [
+        StoredResource(
+            row.pk, row.res_type, row.res_id, row.version, row.last_updated, row.raw, False
+        )
+        for row in rows
+    ]
     cursor_values = [
         [_cursor_value(getattr(row, f"k{i}")) for i in range(len(keys))] for row in rows
     ]
