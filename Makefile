@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 
 ## Serve the FHIR API on http://$(HOST):$(PORT)/fhir with the examples loaded (embedded SQLite).
 serve: $(STAMP)
-	$(BIN)/careplan-fhir serve --host $(HOST) --port $(PORT) --database-url $(DB) --examples examples
+	$(BIN)/careplan-fhir serve --host $(HOST) --port $(PORT) --database-url $(DB) \
+		--examples examples/fhir --examples examples/guidance/golden
 
 ## Run the whole test suite (PostgreSQL tests run when CAREPLAN_TEST_POSTGRES_URL is set).
 test: $(STAMP)

@@ -28,7 +28,9 @@ from careplan_fhir.workflows.load_examples import iter_resources, load_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-EXAMPLE_FILES = sorted(EXAMPLES.rglob("*.json"))
+#: What `make serve` loads: the sample patient's records and the example templates.
+LOADED = (EXAMPLES / "fhir", EXAMPLES / "guidance" / "golden")
+EXAMPLE_FILES = sorted(path for folder in LOADED for path in folder.rglob("*.json"))
 
 PATIENT_ID = "vtp-patient"
 CARE_PLAN_ID = "vtp-careplan"
@@ -107,10 +109,15 @@ def test_loading_twice_stores_once(tmp_path: Path) -> None:
     ids = (f"generated-{n}" for n in range(1000))
     clock = lambda: datetime(2026, 11, 17, 16, 0, tzinfo=UTC)  # noqa: E731
     try:
-        stored, skipped = load_examples(engine, EXAMPLES, now=clock, new_id=lambda: next(ids))
+        stored = skipped = 0
+        for folder in LOADED:
+            added, present = load_examples(engine, folder, now=clock, new_id=lambda: next(ids))
+            stored, skipped = stored + added, skipped + present
         assert (stored, skipped) == (len(RESOURCES), 0)
-        again = load_examples(engine, EXAMPLES, now=clock, new_id=lambda: next(ids))
-        assert again == (0, len(RESOURCES))
+        again = [
+            load_examples(engine, folder, now=clock, new_id=lambda: next(ids)) for folder in LOADED
+        ]
+        assert (sum(a for a, _ in again), sum(p for _, p in again)) == (0, len(RESOURCES))
         with engine.connect() as connection:
             versions = connection.execute(
                 select(func.count()).select_from(ResourceVersionRow)
@@ -165,7 +172,9 @@ def test_served_us_core_care_plan_search(tmp_path: Path) -> None:
         "--database-url",
         f"sqlite:///{tmp_path / 'x.db'}",
         "--examples",
-        str(EXAMPLES),
+        str(LOADED[0]),
+        "--examples",
+        str(LOADED[1]),
         "--log-level",
         "warning",
     ]

@@ -56,9 +56,15 @@ def db_upgrade(database_url: DatabaseOption = None, revision: str = "head") -> N
     typer.echo(f"database at {revision}: {_display_url(settings.database_url)}")
 
 
+#: What ``make serve`` loads: the sample patient's records and the example templates.
+DEFAULT_EXAMPLES = (Path("examples/fhir"), Path("examples/guidance/golden"))
+
+
 @app.command("load-examples")
 def load_examples_command(
-    folder: Annotated[Path, typer.Argument(help="Folder of example resources")] = Path("examples"),
+    folders: Annotated[
+        list[Path] | None, typer.Argument(help="Folders of example resources")
+    ] = None,
     database_url: DatabaseOption = None,
 ) -> None:
     """Store the example resources (skipping those already stored)."""
@@ -69,7 +75,10 @@ def load_examples_command(
 
     settings = _settings(database_url)
     engine = make_engine(settings.database_url)
-    stored, skipped = load_examples(engine, folder, now=utc_now, new_id=new_resource_id)
+    stored = skipped = 0
+    for folder in folders or DEFAULT_EXAMPLES:
+        added, present = load_examples(engine, folder, now=utc_now, new_id=new_resource_id)
+        stored, skipped = stored + added, skipped + present
     engine.dispose()
     typer.echo(f"examples: {stored} stored, {skipped} already there")
 
@@ -82,7 +91,8 @@ def serve(
     workers: int = 1,
     migrate: Annotated[bool, typer.Option(help="Run migrations first")] = True,
     examples: Annotated[
-        Path | None, typer.Option(help="Load example resources from this folder first")
+        list[Path] | None,
+        typer.Option(help="Load example resources from this folder first (repeatable)"),
     ] = None,
     log_level: str = "info",
 ) -> None:
@@ -92,7 +102,7 @@ def serve(
     settings = _settings(database_url)
     if migrate:
         db_upgrade(settings.database_url)
-    if examples is not None:
+    if examples:
         load_examples_command(examples, settings.database_url)
     # Workers build their app from the environment (see app_from_environment).
     os.environ["CAREPLAN_DATABASE_URL"] = settings.database_url
