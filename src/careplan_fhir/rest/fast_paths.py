@@ -20,7 +20,9 @@ it again is safe. Authorization, once added, must guard these paths too.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any, TypeVar
 
 from anyio import to_thread
 from starlette.requests import Request
@@ -33,6 +35,8 @@ from .context import SERVED, FhirContext, Services, resource_headers
 from .create import create
 from .formats import response_format
 from .search_type import search_get
+
+T = TypeVar("T")
 
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _JSON_ACCEPTS = frozenset({b"", b"*/*", b"application/fhir+json", b"application/json"})
@@ -140,7 +144,7 @@ class FastPaths:
             return False
         context = FhirContext(request, self.services)
         try:
-            response = await to_thread.run_sync(search_get, parts[0], context)
+            response = await self._run(search_get, parts[0], context)
         except Exception:  # noqa: BLE001 - the framework path reports it properly
             return False
         finally:
@@ -165,6 +169,8 @@ class FastPaths:
         if complete and _acceptable(request):
             context = FhirContext(request, self.services)
             try:
+                # Always in the thread pool: a write may wait for SQLite's writer turn, and the
+                # turn of a failed framework write is handed back on the event loop.
                 response = await to_thread.run_sync(create, parts[0], context, body)
             except Exception:  # noqa: BLE001 - nothing was committed; the framework reports it
                 response = None
@@ -174,6 +180,17 @@ class FastPaths:
                 await response(scope, receive, send)
                 return
         await self.app(scope, _replay(body, complete, receive), send)
+
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking read-only work: inline on SQLite, in the thread pool otherwise.
+
+        SQLite is a local file and a patient-scoped search takes well under a millisecond;
+        handing it to threads only made it queue for the GIL (throughput fell as concurrency
+        rose). A PostgreSQL call waits on the network, so it must not hold the event loop.
+        """
+        if self.inline:
+            return function(*args)
+        return await to_thread.run_sync(function, *args)
 
     def _target(self, scope: Scope) -> tuple[str, str] | None:
         if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"]:
