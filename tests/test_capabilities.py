@@ -81,3 +81,9 @@ def test_every_advertised_interaction_is_routed(client: TestClient) -> None:
             assert client.get(f"/fhir/{kind}/none").status_code == 404
         if "history-instance" in codes:
             assert client.get(f"/fhir/{kind}/none/_history").status_code == 404
+
+
+def test_capability_statement_is_a_valid_resource(client: TestClient) -> None:
+    from careplan_fhir.fhir.models import validate_resource
+
+    validate_resource(client.get("/fhir/metadata").json())

@@ -92,6 +92,11 @@ _FULL_REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
 }
 
 
+#: Elements bound to R4's MimeType value set, which admits any BCP 13 media type; the models
+#: list a few words instead (CapabilityStatement.format: "formats json ttl mime").
+_ANY_MIME_TYPE = frozenset({("CapabilityStatement", "format")})
+
+
 @dataclass(frozen=True)
 class Issue:
     """One problem found in a resource, located by a FHIRPath-like expression."""
@@ -166,6 +171,8 @@ def _plan_for(model_class: type[BaseModel], owner: str) -> tuple[_FieldPlan, ...
         json_name = field.alias or attribute
         enum_values = extra.get("enum_values")
         allowed: frozenset[str] | None = None
+        if (model_class.__name__, json_name) in _ANY_MIME_TYPE:
+            enum_values = None
         if isinstance(enum_values, list) and enum_values:
             if "+" in enum_values:
                 allowed = _FULL_REQUIRED_CODES.get((owner, json_name))
