@@ -11,6 +11,7 @@ from careplan_fhir.apply.engine import TEMPLATE_ACTION_URL
 from careplan_fhir.apply.golden import golden_bytes
 from careplan_fhir.fhir import jsonio
 from careplan_fhir.fhir.models import validate_resource
+from careplan_fhir.fhir.profiles import check_declared_profiles
 
 ROOT = Path(__file__).parent.parent
 TEMPLATES = sorted((ROOT / "examples" / "guidance" / "golden").glob("*.bundle.json"))
@@ -32,6 +33,9 @@ def test_golden_file_is_current_and_valid(template: Path) -> None:
     resources = [e["resource"] for e in bundle["entry"]]
     for resource in resources:
         validate_resource(resource)
+        if resource["resourceType"] in ("CarePlan", "Goal", "Task", "Communication"):
+            assert resource["meta"]["profile"], f"{resource['resourceType']} declares no profile"
+        assert check_declared_profiles(resource) == []
     care_plan = resources[0]
     assert care_plan["resourceType"] == "CarePlan"
     etree.fromstring(care_plan["text"]["div"].encode("utf-8"))

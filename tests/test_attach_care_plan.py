@@ -222,3 +222,23 @@ def test_attach_is_listed_in_the_capability_statement(client: TestClient) -> Non
     names = {o["name"] for o in resources["Encounter"]["operation"]}
     assert "attach-care-plan" in names
     assert "revoke" in {o["name"] for o in resources["CarePlan"]["operation"]}
+
+
+def test_stored_plan_declares_and_meets_its_profiles(client: TestClient) -> None:
+    setup = set_up(client)
+    response = attach(client, setup.encounter_id, attach_body(setup))
+    assert response.status_code == 201, response.text
+    for entry in response.json()["entry"]:
+        resource = entry["resource"]
+        kind = resource["resourceType"]
+        if kind == "Provenance":
+            continue
+        stored = client.get(f"/fhir/{kind}/{resource['id']}").json()
+        profiles = stored["meta"]["profile"]
+        assert any(
+            p.startswith("https://careplan-fhir.org/fhir/StructureDefinition/") for p in profiles
+        )
+        checked = client.post(f"/fhir/{kind}/$validate", json=stored)
+        assert checked.status_code == 200
+        outcome = checked.json()
+        assert [i for i in outcome["issue"] if i["severity"] in ("error", "fatal")] == [], outcome

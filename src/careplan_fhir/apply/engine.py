@@ -30,6 +30,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from careplan_fhir.fhir.dates import DateFormatError, parse_range
+from careplan_fhir.fhir.profiles import meta_profiles
 from careplan_fhir.guidance.fhir_builder import (
     DISCHARGE_ACTION_ID,
     INSTRUCTION_KIND_SYSTEM,
@@ -693,6 +694,16 @@ def apply_plan_definition(
     return _Output(plan_definition, context, applier, actions).build()
 
 
+def _declare_profiles(resource: dict[str, Any]) -> None:
+    """Declare in ``meta.profile`` the profiles (ours, and the US Core one they restate) the
+    resource is built to meet; docs/profiles.md says what each requires."""
+    profiles = meta_profiles(resource["resourceType"])
+    if profiles:
+        meta = dict(resource.get("meta") or {})
+        meta["profile"] = profiles
+        resource["meta"] = meta
+
+
 class _Output:
     def __init__(
         self,
@@ -750,7 +761,10 @@ class _Output:
         ]
         care_plan = self.care_plan(goals, activities)
         communication = self.communication()
-        return ApplyResult(care_plan, goals, tasks, [communication])
+        result = ApplyResult(care_plan, goals, tasks, [communication])
+        for resource in result.resources():
+            _declare_profiles(resource)
+        return result
 
     # -- pieces ------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from careplan_fhir.fhir import jsonio
 from careplan_fhir.fhir.dates import format_instant, to_naive_utc
 from careplan_fhir.fhir.models import validate_resource
 from careplan_fhir.fhir.outcome import issue
+from careplan_fhir.fhir.profiles import check_declared_profiles
 from careplan_fhir.storage.repository import Repository, StoredResource
 from careplan_fhir.storage.search import parse_search, run_search
 from careplan_fhir.storage.tables import CarePlanAttachmentRow
@@ -314,6 +315,17 @@ def stored_plan(repository: Repository, care_plan_id: str) -> list[StoredResourc
 # -- attaching -------------------------------------------------------------------------------
 
 
+class ProfileViolation(RuntimeError):
+    """An output of the engine does not meet a profile it declares: a defect of ours."""
+
+
+def check_profiles(document: Mapping[str, Any]) -> None:
+    """Refuse to store a resource that misses a profile it declares in ``meta.profile``."""
+    issues = [i for i in check_declared_profiles(document) if i.severity == "error"]
+    if issues:
+        raise ProfileViolation("; ".join(i.diagnostics for i in issues))
+
+
 def attach_care_plan(
     repository: Repository,
     request: AttachRequest,
@@ -388,6 +400,7 @@ def attach_care_plan(
     created = []
     for document in result.resources():
         validate_resource(document)
+        check_profiles(document)
         created.append(repository.create(document, resource_id=str(document["id"])))
     provenance = _provenance(
         template, request, [*created, *updates], now_text, new_id(), replaced, diff
