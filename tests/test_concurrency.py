@@ -68,3 +68,35 @@ def test_overload_is_shed_with_503_outcome(database_url: str) -> None:
     assert response.headers["retry-after"] == "1"
     assert response.json()["resourceType"] == "OperationOutcome"
     assert response.json()["issue"][0]["code"] == "transient"
+
+
+def test_inline_create_waits_for_a_busy_writer_in_a_thread(database_url: str) -> None:
+    """A create on the event loop never blocks it on another writer's turn (SQLite)."""
+    import threading
+
+    import pytest
+
+    if not database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL writers take no turns: there is nothing to wait for")
+
+    from sqlalchemy import text
+
+    from careplan_fhir.storage.db import begin_write
+
+    app = create_app(Settings(database_url=database_url))
+    engine = app.state.services.engine
+    with TestClient(app) as live, engine.connect() as holder:
+        begin_write(holder)
+        holder.execute(text("SELECT 1"))  # this connection now holds the write turn
+        results: list[int] = []
+        worker = threading.Thread(
+            target=lambda: results.append(live.post("/fhir/Patient", json=patient()).status_code)
+        )
+        worker.start()
+        worker.join(timeout=1.0)
+        assert worker.is_alive()  # waiting for the turn, in a worker thread
+        assert live.get("/fhir/metadata").status_code == 200  # the event loop still serves
+        holder.commit()
+        worker.join(timeout=10.0)
+        assert results == [201]
+        assert live.get("/fhir/Patient").json()["total"] == 1

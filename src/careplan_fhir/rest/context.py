@@ -58,6 +58,8 @@ class FhirContext:
         self.services = services
         self._connection: Connection | None = None
         self._repository: Repository | None = None
+        #: False on the event loop (see storage.db.begin_write).
+        self.wait_for_writer = True
 
     @property
     def connection(self) -> Connection:
@@ -100,7 +102,7 @@ class FhirContext:
         return None
 
     def begin_write(self) -> None:
-        begin_write(self.connection)
+        begin_write(self.connection, wait=self.wait_for_writer)
 
     def url_of(self, stored: StoredResource, *, versioned: bool = False) -> str:
         url = f"{self.base_url}/{stored.resource_type}/{stored.id}"

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from careplan_fhir.errors import NotAcceptable
+from careplan_fhir.storage.db import WriterBusy
 from careplan_fhir.storage.repository import StoredResource
 
 from .context import SERVED, FhirContext, Services, resource_headers
@@ -167,19 +168,33 @@ class FastPaths:
         body, complete = await _read_body(receive, self.services.settings.max_body_bytes)
         request = Request(scope, receive)
         if complete and _acceptable(request):
-            context = FhirContext(request, self.services)
-            try:
-                # Always in the thread pool: a write may wait for SQLite's writer turn, and the
-                # turn of a failed framework write is handed back on the event loop.
-                response = await to_thread.run_sync(create, parts[0], context, body)
-            except Exception:  # noqa: BLE001 - nothing was committed; the framework reports it
-                response = None
-            finally:
-                context.close()
+            response = await self._create_once(request, parts[0], body)
             if response is not None:
                 await response(scope, receive, send)
                 return
         await self.app(scope, _replay(body, complete, receive), send)
+
+    async def _create_once(self, request: Request, resource_type: str, body: bytes) -> Any:
+        """The create's response, or None when the framework must answer (nothing written).
+
+        On SQLite the create runs on the event loop without waiting for the writer turn; if
+        another writer of this process holds it, it runs again in the thread pool, where
+        waiting is harmless.
+        """
+        for inline in (True, False) if self.inline else (False,):
+            context = FhirContext(request, self.services)
+            context.wait_for_writer = not inline
+            try:
+                if inline:
+                    return create(resource_type, context, body)
+                return await to_thread.run_sync(create, resource_type, context, body)
+            except WriterBusy:
+                continue
+            except Exception:  # noqa: BLE001 - nothing was committed; the framework reports it
+                return None
+            finally:
+                context.close()
+        return None
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         """Run blocking read-only work: inline on SQLite, in the thread pool otherwise.

@@ -108,9 +108,12 @@ class _SqliteWriterLock:
         event.listen(engine.pool, "checkin", self.checkin)
 
     def begin(self, connection: Any) -> None:
-        if connection.get_execution_options().get("careplan_write"):
-            self._lock.acquire()
-            self._holder = connection.connection.dbapi_connection
+        options = connection.get_execution_options()
+        if options.get("careplan_write"):
+            if not self._lock.acquire(blocking=not options.get("careplan_write_nowait")):
+                raise WriterBusy("another writer of this process holds the write turn")
+            # The pool's proxy: what the dialect's do_commit/do_rollback receive.
+            self._holder = connection.connection
             try:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             except BaseException:
@@ -123,12 +126,26 @@ class _SqliteWriterLock:
         # A connection returned to the pool never keeps the writer's turn.
         self._release(dbapi_connection)
 
-    def _release(self, dbapi_connection: Any) -> None:
-        if dbapi_connection is not None and dbapi_connection is self._holder:
+    def _release(self, connection: Any) -> None:
+        # ``connection`` is the pool's proxy (commit, rollback) or the raw DB-API connection
+        # (checkin); either identifies the holder.
+        holder = self._holder
+        if holder is None or connection is None:
+            return
+        if connection is holder or connection is getattr(holder, "dbapi_connection", None):
             self._holder = None
             self._lock.release()
 
 
-def begin_write(connection: Connection) -> None:
-    """Make ``connection``'s next transaction a write transaction (call before any query)."""
-    connection.execution_options(**WRITE_OPTIONS)
+class WriterBusy(RuntimeError):
+    """Another writer of this process holds SQLite's write turn (only with ``wait=False``)."""
+
+
+def begin_write(connection: Connection, *, wait: bool = True) -> None:
+    """Make ``connection``'s next transaction a write transaction (call before any query).
+
+    With ``wait=False`` the transaction does not wait for another writer of this process and
+    raises :class:`WriterBusy` instead: code running on the event loop must never block on a
+    turn that only the event loop can hand back.
+    """
+    connection.execution_options(**WRITE_OPTIONS, careplan_write_nowait=not wait)
