@@ -41,8 +41,8 @@ def test_search_errors_still_come_from_the_framework(client: TestClient) -> None
 
 def test_create_fast_path_matches_the_framework_create(client: TestClient) -> None:
     fast = client.post("/fhir/Patient", json=patient())  # fast path
-    framework = client.post(  # a Prefer header sends it through the framework route
-        "/fhir/Patient", json=patient(), headers={"Prefer": "return=representation"}
+    framework = client.post(  # a query string sends it through the framework route
+        "/fhir/Patient?_format=json", json=patient()
     )
     assert fast.status_code == framework.status_code == 201
     assert without_server_fields(fast.json()) == without_server_fields(framework.json())
@@ -64,3 +64,14 @@ def test_failed_create_writes_nothing_and_gets_the_framework_error(client: TestC
     created = client.post("/fhir/Patient", json=patient())
     assert created.status_code == 201
     assert client.get("/fhir/Patient").json()["total"] == 1
+
+
+def test_create_fast_path_honours_prefer(client: TestClient) -> None:
+    minimal = client.post("/fhir/Patient", json=patient(), headers={"Prefer": "return=minimal"})
+    assert minimal.status_code == 201
+    assert minimal.content == b""
+    assert minimal.headers["location"].endswith("/fhir/Patient/id1/_history/1")
+    outcome = client.post(
+        "/fhir/Patient", json=patient(), headers={"Prefer": "return=OperationOutcome"}
+    )
+    assert outcome.json()["resourceType"] == "OperationOutcome"

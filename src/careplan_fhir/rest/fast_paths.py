@@ -7,8 +7,8 @@ read, search or create. This ASGI middleware serves the common shapes of those t
   no) ``Accept``: straight from the stored bytes, one indexed query on a pooled DB-API
   connection, with the same body and headers as :mod:`careplan_fhir.rest.read`;
 * search-type, ``GET [base]/[type]?...``: :func:`careplan_fhir.rest.search_type.search_get`;
-* create, ``POST [base]/[type]`` with a JSON body and no ``If-None-Exist`` or ``Prefer``:
-  :func:`careplan_fhir.rest.create.create`.
+* create, ``POST [base]/[type]`` with a JSON body, no query string and no ``If-None-Exist``:
+  :func:`careplan_fhir.rest.create.create` (which honours ``Prefer: return=``).
 
 Search and create call the very functions the routes call. Any failure (not found, deleted, an
 invalid body, a database error) is not answered here: the request, its body replayed, goes on to
@@ -42,7 +42,7 @@ T = TypeVar("T")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _JSON_ACCEPTS = frozenset({b"", b"*/*", b"application/fhir+json", b"application/json"})
 _SKIP_HEADERS = frozenset({b"if-none-match", b"if-modified-since", b"prefer"})
-_SKIP_ON_CREATE = frozenset({b"if-none-exist", b"prefer", b"if-match"})
+_SKIP_ON_CREATE = frozenset({b"if-none-exist", b"if-match"})
 _JSON_BODIES = frozenset({b"application/fhir+json", b"application/json"})
 _CONTENT_TYPE = b"application/fhir+json;charset=utf-8"
 
