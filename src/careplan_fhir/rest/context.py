@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -83,8 +84,9 @@ class FhirContext:
     def settings(self) -> Settings:
         return self.services.settings
 
-    @property
+    @functools.cached_property
     def base_url(self) -> str:
+        """The FHIR base: configured, or this request's root plus ``/fhir`` (worked out once)."""
         configured = self.services.settings.base_url
         if configured:
             return configured.rstrip("/")
