@@ -9,6 +9,7 @@ entries while other clients create or delete resources.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -392,8 +393,11 @@ def _is_absolute(text: str) -> bool:
     return "://" in text or text.startswith("urn:")
 
 
+@functools.lru_cache(maxsize=64)
 def local_target(table: Any, base_url: str) -> ColumnElement[bool]:
     """Index rows whose reference points into this server: relative, or absolute on our base.
+
+    Built once per base URL (expressions are immutable, so one serves every search).
 
     ``http://other.example.org/fhir/Patient/1`` is another server's Patient/1, not ours
     (https://hl7.org/fhir/R4/references.html#literal).
