@@ -100,3 +100,23 @@ def test_inline_create_waits_for_a_busy_writer_in_a_thread(database_url: str) ->
         worker.join(timeout=10.0)
         assert results == [201]
         assert live.get("/fhir/Patient").json()["total"] == 1
+
+
+def test_the_server_checkpoints_the_wal_in_the_background(database_url: str) -> None:
+    import time
+
+    import pytest
+
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the write-ahead log is SQLite's")
+    app = create_app(Settings(database_url=database_url, wal_checkpoint_seconds=0.05))
+    with TestClient(app) as live:
+        for _ in range(20):
+            assert live.post("/fhir/Patient", json=patient()).status_code == 201
+        deadline = time.monotonic() + 5
+        while app.state.wal_checkpointer.checkpoints == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert app.state.wal_checkpointer.checkpoints > 0
+        with app.state.services.engine.connect() as connection:
+            setting = connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+        assert setting == 0  # requests never checkpoint themselves

@@ -20,7 +20,7 @@ from careplan_fhir.rest.errors import install_error_handlers
 from careplan_fhir.rest.fast_paths import FastPaths
 from careplan_fhir.rest.router import fhir_router
 from careplan_fhir.settings import Settings
-from careplan_fhir.storage.db import make_engine
+from careplan_fhir.storage.db import WalCheckpointer, make_engine
 
 
 def new_resource_id() -> str:
@@ -76,11 +76,20 @@ def create_app(
 ) -> FastAPI:
     """Build the application for ``settings`` (the database must already be migrated)."""
     settings = settings or Settings()
-    engine = make_engine(settings.database_url, echo=settings.echo_sql)
+    engine = make_engine(settings.database_url, echo=settings.echo_sql, background_checkpoints=True)
+    checkpointer = (
+        WalCheckpointer(engine, settings.wal_checkpoint_seconds)
+        if engine.dialect.name == "sqlite"
+        else None
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if checkpointer is not None:
+            checkpointer.start()
         yield
+        if checkpointer is not None:
+            checkpointer.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -92,6 +101,7 @@ def create_app(
         openapi_url="/openapi.json",
     )
     app.state.services = Services(settings=settings, engine=engine, now=now, new_id=new_id)
+    app.state.wal_checkpointer = checkpointer
     install_error_handlers(app)
     app.include_router(fhir_router(), prefix="/fhir")
     # The base URL itself (no trailing slash) takes batch and transaction Bundles too.

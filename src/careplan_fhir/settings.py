@@ -25,5 +25,7 @@ class Settings(BaseSettings):
     max_page_size: int = 1000
     #: Largest number of concurrent requests in flight before the server answers 503.
     max_in_flight: int = 256
+    #: SQLite only: how often a background thread checkpoints the write-ahead log.
+    wal_checkpoint_seconds: float = 1.0
     #: Echo SQL to the log (debugging only).
     echo_sql: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -9,6 +10,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import StaticPool
 
 from careplan_fhir.fhir import jsonio
+
+logger = logging.getLogger(__name__)
 
 
 def _serialise_json(value: Any) -> str:
@@ -27,8 +30,13 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """Create the engine; SQLite gets WAL, foreign keys and a busy timeout."""
+def make_engine(url: str, *, echo: bool = False, background_checkpoints: bool = False) -> Engine:
+    """Create the engine; SQLite gets WAL, foreign keys and a busy timeout.
+
+    With ``background_checkpoints`` (the server), SQLite connections never checkpoint the WAL
+    themselves: a :class:`WalCheckpointer` thread does, so no request pays for copying the WAL
+    into the database.
+    """
     url = normalise_url(url)
     kwargs: dict[str, Any] = {"echo": echo, "json_serializer": _serialise_json}
     if url.startswith("sqlite"):
@@ -42,6 +50,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             kwargs["max_overflow"] = 10
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
+        if background_checkpoints:
+            event.listen(engine, "connect", _no_autocheckpoint)
         _SqliteWriterLock(engine)
         return engine
     kwargs["pool_size"] = 10
@@ -63,13 +73,60 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # instead of copying pages into each connection's small private cache.
     cursor.execute("PRAGMA mmap_size=1073741824")
     cursor.execute("PRAGMA cache_size=-16384")
-    # Checkpoint (copy the WAL into the database, with an fsync) every ~40 MB rather than every
-    # ~4 MB: fewer stalls on the writer that happens to trigger it.
-    cursor.execute("PRAGMA wal_autocheckpoint=10000")
     cursor.close()
 
 
 WRITE_OPTIONS = {"careplan_write": True}
+
+
+def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.close()
+
+
+class WalCheckpointer:
+    """Checkpoints a SQLite WAL from a background thread every ``interval`` seconds.
+
+    ``PASSIVE`` checkpoints copy what they can without waiting for readers or writers, so they
+    never stall a request; with automatic checkpoints off, the writer that happened to cross
+    the threshold used to pay for the whole copy (and its fsync) inside a request.
+    """
+
+    def __init__(self, engine: Engine, interval: float = 1.0) -> None:
+        self.engine = engine
+        self.interval = interval
+        self.checkpoints = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wal-checkpointer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            row = cursor.fetchone()
+            cursor.close()
+        finally:
+            connection.close()
+        # (busy, frames in the WAL, frames copied)
+        if row is not None and row[1] and row[1] > 0:
+            self.checkpoints += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.checkpoint()
+            except Exception:  # noqa: BLE001 - a failed checkpoint is retried next interval
+                logger.warning("WAL checkpoint failed", exc_info=True)
 
 
 class _SqliteWriterLock:
