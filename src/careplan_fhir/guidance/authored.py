@@ -34,6 +34,7 @@ from .model import (
     Timing,
     WarningSign,
 )
+from .timing import UNIT_WORDS
 
 #: FHIR ``id`` (https://hl7.org/fhir/R4/datatypes.html#id): what action and goal ids must be.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -52,20 +53,9 @@ SOURCE_FORMATS = ("text", "markdown", "html")
 
 _UNIT_ALIASES = {
     **{unit: unit for unit in (*TIME_UNITS, *TEMPERATURE_UNITS, SCORE_UNIT)},
+    **UNIT_WORDS,  # the time words the leaflet parser reads ("hours", "wks", ...)
     "second": "s",
     "seconds": "s",
-    "minute": "min",
-    "minutes": "min",
-    "hour": "h",
-    "hours": "h",
-    "hr": "h",
-    "hrs": "h",
-    "day": "d",
-    "days": "d",
-    "week": "wk",
-    "weeks": "wk",
-    "month": "mo",
-    "months": "mo",
     "year": "a",
     "years": "a",
     "C": "Cel",
