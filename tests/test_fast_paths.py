@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.factories import care_plan, patient
@@ -75,3 +76,19 @@ def test_create_fast_path_honours_prefer(client: TestClient) -> None:
         "/fhir/Patient", json=patient(), headers={"Prefer": "return=OperationOutcome"}
     )
     assert outcome.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_create_that_fails_after_commit_is_not_run_twice(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from careplan_fhir.rest import create as create_module
+
+    def broken_response(*_args: object) -> object:
+        raise RuntimeError("rendering failed")
+
+    monkeypatch.setattr(create_module, "write_response", broken_response)
+    response = client.post("/fhir/Patient", json=patient())
+    assert response.status_code == 500
+    assert response.json()["resourceType"] == "OperationOutcome"
+    monkeypatch.undo()
+    assert client.get("/fhir/Patient").json()["total"] == 1

@@ -61,12 +61,19 @@ class FhirContext:
         self._repository: Repository | None = None
         #: False on the event loop (see storage.db.begin_write).
         self.wait_for_writer = True
+        #: Whether this request committed a transaction (a write happened).
+        self.committed_once = False
 
     @property
     def connection(self) -> Connection:
         if self._connection is None:
             self._connection = self.services.engine.connect()
         return self._connection
+
+    def commit(self) -> None:
+        """Commit the request's transaction, remembering that a write happened."""
+        self.connection.commit()
+        self.committed_once = True
 
     @property
     def repository(self) -> Repository:

@@ -53,5 +53,5 @@ def create(resource_type: str, ctx: ContextDep, body: BodyDep) -> Response:
     document = check_resource(parse_document(body, ctx.header("content-type")), resource_type)
     ctx.begin_write()
     result = create_resource(ctx, document, ctx.header("if-none-exist"))
-    ctx.connection.commit()
+    ctx.commit()
     return write_response(ctx, result)

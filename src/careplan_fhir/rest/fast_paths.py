@@ -19,6 +19,7 @@ it again is safe. Authorization, once added, must guard these paths too.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -29,15 +30,18 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from careplan_fhir.errors import NotAcceptable
+from careplan_fhir.fhir.outcome import issue
 from careplan_fhir.storage.db import WriterBusy
 from careplan_fhir.storage.repository import StoredResource
 
 from .context import SERVED, FhirContext, Services, resource_headers
 from .create import create
+from .errors import outcome_response
 from .formats import response_format
 from .search_type import search_get
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _JSON_ACCEPTS = frozenset({b"", b"*/*", b"application/fhir+json", b"application/json"})
@@ -45,6 +49,11 @@ _SKIP_HEADERS = frozenset({b"if-none-match", b"if-modified-since", b"prefer"})
 _SKIP_ON_CREATE = frozenset({b"if-none-exist", b"if-match"})
 _JSON_BODIES = frozenset({b"application/fhir+json", b"application/json"})
 _CONTENT_TYPE = b"application/fhir+json;charset=utf-8"
+
+
+def _committed(context: FhirContext) -> bool:
+    """Whether the context committed its write (``FhirContext.commit``)."""
+    return context.committed_once
 
 
 def _acceptable(request: Request) -> bool:
@@ -190,8 +199,23 @@ class FastPaths:
                 return await to_thread.run_sync(create, resource_type, context, body)
             except WriterBusy:
                 continue
-            except Exception:  # noqa: BLE001 - nothing was committed; the framework reports it
-                return None
+            except Exception:
+                if _committed(context):
+                    # Stored, but the answer could not be made: running the create again in
+                    # the framework would store it twice.
+                    logger.exception("create committed, response failed")
+                    return outcome_response(
+                        request,
+                        500,
+                        [
+                            issue(
+                                "The resource was stored but the response failed; read it "
+                                "back by search",
+                                code="exception",
+                            )
+                        ],
+                    )
+                return None  # nothing was committed; the framework reports the error
             finally:
                 context.close()
         return None
