@@ -63,11 +63,17 @@ class FhirContext:
         self.wait_for_writer = True
         #: Whether this request committed a transaction (a write happened).
         self.committed_once = False
+        #: Set before first use when the request only reads (searches on the fast path).
+        self.read_only = False
 
     @property
     def connection(self) -> Connection:
         if self._connection is None:
-            self._connection = self.services.engine.connect()
+            connection = self.services.engine.connect()
+            if self.read_only and connection.dialect.name == "postgresql":
+                # Each statement on its own: no BEGIN and ROLLBACK round trips for a search.
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+            self._connection = connection
         return self._connection
 
     def commit(self) -> None:

@@ -153,6 +153,7 @@ class FastPaths:
         if not _acceptable(request):
             return False
         context = FhirContext(request, self.services)
+        context.read_only = True
         try:
             response = await self._run(search_get, parts[0], context)
         except Exception:  # noqa: BLE001 - the framework path reports it properly
