@@ -1,0 +1,1 @@
+"""SMART on FHIR authorization: scopes, bearer tokens, the server's own keys and clients."""
