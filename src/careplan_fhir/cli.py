@@ -12,6 +12,9 @@ import typer
 from careplan_fhir.settings import Settings
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from careplan_fhir.auth.keys import SigningKey
     from careplan_fhir.guidance.model import RecoveryGuidance
 
 app = typer.Typer(help="careplan-fhir: a FHIR R4 care-plan server.", no_args_is_help=True)
@@ -95,9 +98,17 @@ def serve(
         typer.Option(help="Load example resources from this folder first (repeatable)"),
     ] = None,
     log_level: str = "info",
+    demo_tokens: Annotated[
+        bool | None,
+        typer.Option(
+            help="Print demo tokens (default: when the signing key is the local development key)"
+        ),
+    ] = None,
 ) -> None:
     """Serve the FHIR API (base /fhir) with uvicorn."""
     import uvicorn
+
+    from careplan_fhir.auth.keys import load_or_create_signing_key
 
     settings = _settings(database_url)
     if migrate:
@@ -106,7 +117,15 @@ def serve(
         load_examples_command(examples, settings.database_url)
     # Workers build their app from the environment (see app_from_environment).
     os.environ["CAREPLAN_DATABASE_URL"] = settings.database_url
-    typer.echo(f"FHIR base: http://{host}:{port}/fhir")
+    # The signing key exists before any worker starts (created on the first run).
+    key = load_or_create_signing_key(Path(settings.auth_signing_key_file))
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    base = settings.base_url.rstrip("/") or f"http://{shown_host}:{port}/fhir"
+    typer.echo(f"FHIR base: {base}")
+    if demo_tokens is None:
+        demo_tokens = _is_development_key(settings)
+    if settings.auth_enabled and demo_tokens:
+        _print_demo_tokens(key, settings, base)
     uvicorn.run(
         "careplan_fhir.app:app_from_environment",
         factory=True,
@@ -117,6 +136,167 @@ def serve(
         loop="uvloop",
         http="httptools",
     )
+
+
+#: The example patient and practitioner of examples/fhir/vertebroplasty-recovery.json.
+DEMO_PATIENT = "vtp-patient"
+DEMO_PRACTITIONER = "Practitioner/vtp-practitioner"
+#: How long the tokens ``serve`` prints stay valid.
+DEMO_TOKEN_HOURS = 12
+
+
+def _is_development_key(settings: Settings) -> bool:
+    """Whether the signing key is the default local development key (never a deployment's)."""
+    default = Settings.model_fields["auth_signing_key_file"].default
+    return Path(settings.auth_signing_key_file).resolve() == Path(str(default)).resolve()
+
+
+def demo_tokens(
+    key: SigningKey, settings: Settings, base: str, now: datetime
+) -> list[tuple[str, str, str]]:
+    """``(who, token, curl example)`` for a patient, a clinician and a system client."""
+    from datetime import timedelta
+
+    from careplan_fhir.auth.keys import mint_access_token
+
+    def mint(scope: str, subject: str, **context: str) -> str:
+        return mint_access_token(
+            key,
+            issuer=settings.auth_issuer,
+            audience=base,
+            scope=scope,
+            subject=subject,
+            client_id="careplan-fhir-demo",
+            lifetime=timedelta(hours=DEMO_TOKEN_HOURS),
+            now=now,
+            **context,
+        )
+
+    patient = mint("patient/*.cruds", f"Patient/{DEMO_PATIENT}", patient=DEMO_PATIENT)
+    clinician = mint("user/*.cruds", DEMO_PRACTITIONER, fhir_user=DEMO_PRACTITIONER)
+    system = mint("system/*.cruds", "careplan-fhir-demo")
+
+    def curl(token: str, query: str) -> str:
+        return f"curl -s -H 'Authorization: Bearer {token}' '{base}/{query}'"
+
+    return [
+        (
+            f"patient {DEMO_PATIENT} (patient/*.cruds)",
+            patient,
+            curl(patient, "CarePlan?category=assess-plan&_include=CarePlan:goal"),
+        ),
+        (
+            f"clinician {DEMO_PRACTITIONER} (user/*.cruds)",
+            clinician,
+            curl(clinician, f"Task?patient={DEMO_PATIENT}"),
+        ),
+        ("system client (system/*.cruds)", system, curl(system, "CarePlan?_count=10")),
+    ]
+
+
+def _print_demo_tokens(key: SigningKey, settings: Settings, base: str) -> None:
+    from careplan_fhir.fhir.dates import utc_now
+
+    typer.echo(
+        f"\nDemo access tokens, signed by the local development key"
+        f" {settings.auth_signing_key_file}, valid {DEMO_TOKEN_HOURS} hours"
+        " (more: careplan-fhir token --help):"
+    )
+    for who, _token, example in demo_tokens(key, settings, base, utc_now()):
+        typer.echo(f"\n  {who}:\n    {example}")
+    typer.echo("")
+
+
+@app.command("token")
+def token_command(
+    scope: Annotated[
+        str, typer.Option("--scope", help='SMART scopes, e.g. "patient/*.rs" or "system/*.cruds"')
+    ],
+    patient: Annotated[
+        str | None, typer.Option("--patient", help="Id of the patient in context (patient claim)")
+    ] = None,
+    fhir_user: Annotated[
+        str | None,
+        typer.Option("--fhir-user", help="The user, e.g. Practitioner/123 (fhirUser claim)"),
+    ] = None,
+    encounter: Annotated[
+        str | None, typer.Option("--encounter", help="Id of the encounter in context")
+    ] = None,
+    lifetime: Annotated[
+        int, typer.Option("--lifetime", min=1, help="Seconds the token stays valid")
+    ] = 3600,
+    audience: Annotated[
+        str | None,
+        typer.Option(
+            "--audience",
+            help="The FHIR base the token is for; default CAREPLAN_BASE_URL or"
+            " http://127.0.0.1:8080/fhir",
+        ),
+    ] = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--key-file",
+            help="Signing key (a private JWK, created if missing); default"
+            " CAREPLAN_AUTH_SIGNING_KEY_FILE or ./careplan-dev-key.json",
+        ),
+    ] = None,
+    subject: Annotated[
+        str | None, typer.Option("--subject", help="sub claim; default the user or patient")
+    ] = None,
+    client_id: Annotated[str, typer.Option("--client-id", help="client_id claim")] = (
+        "careplan-fhir-cli"
+    ),
+) -> None:
+    """Print an access token signed by the local key (for demos and tests), and nothing else.
+
+    TOKEN=$(careplan-fhir token --scope "patient/*.rs" --patient vtp-patient)
+    """
+    from datetime import timedelta
+
+    from careplan_fhir.auth.keys import load_or_create_signing_key, mint_access_token
+    from careplan_fhir.auth.scopes import parse_scopes
+    from careplan_fhir.fhir.dates import utc_now
+
+    settings = Settings()
+    scopes = parse_scopes(scope)
+    if scopes.invalid:
+        raise typer.BadParameter(
+            "not SMART scopes: " + " ".join(scopes.invalid), param_hint="--scope"
+        )
+    if not scopes.scopes:
+        raise typer.BadParameter(
+            "no resource scope (patient/, user/ or system/)", param_hint="--scope"
+        )
+    if patient is not None:
+        patient = patient.removeprefix("Patient/")
+    if "patient" in scopes.contexts() and not patient:
+        raise typer.BadParameter("patient/ scopes need --patient ID", param_hint="--patient")
+    if fhir_user is not None and "/" not in fhir_user:
+        raise typer.BadParameter(
+            f"{fhir_user!r} is not a reference such as Practitioner/123", param_hint="--fhir-user"
+        )
+    if "user" in scopes.contexts() and not fhir_user:
+        typer.echo("warning: user/ scopes without --fhir-user name no user", err=True)
+    try:
+        key = load_or_create_signing_key(key_file or Path(settings.auth_signing_key_file))
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    token = mint_access_token(
+        key,
+        issuer=settings.auth_issuer,
+        audience=audience or settings.base_url.rstrip("/") or "http://127.0.0.1:8080/fhir",
+        scope=scope,
+        subject=subject or fhir_user or (f"Patient/{patient}" if patient else client_id),
+        lifetime=timedelta(seconds=lifetime),
+        now=utc_now(),
+        patient=patient,
+        encounter=encounter,
+        fhir_user=fhir_user,
+        client_id=client_id,
+    )
+    typer.echo(token)
 
 
 GuidanceFile = Annotated[

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import Depends, Request
@@ -31,6 +31,10 @@ from careplan_fhir.storage.search import parse_search, run_search
 
 from .formats import FHIR_JSON, FHIR_XML, media_type, render_response, response_format
 
+if TYPE_CHECKING:
+    from careplan_fhir.auth.backend_services import BackendServices
+    from careplan_fhir.auth.keys import SigningKey
+
 SERVED = frozenset(SERVED_TYPES)
 #: Paths under the base that are interactions, not types; other methods there get 405.
 _BASE_PATHS = frozenset({"metadata", "_history"})
@@ -44,6 +48,10 @@ class Services:
     engine: Engine
     now: Callable[[], datetime]
     new_id: Callable[[], str]
+    #: The server's own token-signing key (auth.keys), published at /.well-known/jwks.json.
+    signing_key: SigningKey | None = None
+    #: The token endpoint and introspection (auth.backend_services).
+    backend_services: BackendServices | None = None
 
 
 class FhirContext:
