@@ -74,7 +74,16 @@ TYPE_OPERATIONS = {
             "name": "revoke",
             "definition": f"{PROJECT_CANONICAL}/OperationDefinition/CarePlan-revoke",
             "documentation": "Revoke the plan; its open Tasks are cancelled, finished ones kept.",
-        }
+        },
+        {
+            "name": "check-in",
+            "definition": f"{PROJECT_CANONICAL}/OperationDefinition/CarePlan-check-in",
+            "documentation": (
+                "The patient's daily check-in: store the answers and their Observations, evaluate"
+                " the plan's warning signs, alert the care team once (Communication and Flag) and"
+                " return the advice for the patient."
+            ),
+        },
     ],
 }
 

@@ -18,6 +18,7 @@ from .context import (
     find_by_criteria,
     parse_document,
 )
+from .hooks import run_after_create
 from .write_result import WriteResult, write_response
 
 router = APIRouter()
@@ -44,6 +45,7 @@ def create_resource(
                 f"If-None-Exist {if_none_exist!r} matches more than one {resource_type}"
             )
     stored = ctx.repository.create(document, resource_id=resource_id)
+    run_after_create(ctx, document, stored)
     return WriteResult(201, stored, f"Created {resource_type}/{stored.id}")
 
 

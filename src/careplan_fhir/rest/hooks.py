@@ -1,16 +1,24 @@
-"""Hooks that run after a resource is updated, in the same transaction (HAPI's STORAGE_PRECOMMIT).
+"""Hooks that run after a resource is created or updated, in the same transaction (HAPI's
+STORAGE_PRECOMMIT).
 
 :func:`run_after_update` is called by :func:`careplan_fhir.rest.update.update_resource` (so PUT,
-PATCH and transaction/batch entries all pass through it) with the document just stored. Hooks
-are registered per resource type with :func:`after_update`; a type without hooks costs one
-dictionary lookup. A hook writes through ``ctx.repository`` directly, never through
-``update_resource``, so hooks do not trigger each other.
+PATCH and transaction/batch entries all pass through it) with the document just stored;
+:func:`run_after_create` likewise by :func:`careplan_fhir.rest.create.create_resource`. Hooks
+are registered per resource type with :func:`after_update` and :func:`after_create`; a type
+without hooks costs one dictionary lookup. A hook writes through ``ctx.repository`` directly,
+never through ``update_resource`` or ``create_resource``, so hooks do not trigger each other.
 
 Registered here, the care-plan lifecycle (:mod:`careplan_fhir.workflows.plan_lifecycle`):
 
 * ``Task``: the status rolls up to the activity of each CarePlan the Task is ``basedOn``.
 * ``CarePlan``: a plan that becomes ``revoked`` has its open Tasks cancelled (Tasks that also
   belong to another plan still in force, e.g. carried over by a revision, are left alone).
+
+And the daily check-in (:mod:`careplan_fhir.workflows.check_in`, ``docs/check-in.md``):
+
+* ``QuestionnaireResponse`` (created): a completed check-in of a plan (``basedOn`` the CarePlan,
+  answering its check-in Questionnaire) gets its Observations and, when it shows a warning
+  sign, one alert Communication and one Flag.
 """
 
 from __future__ import annotations
@@ -25,11 +33,14 @@ from careplan_fhir.storage.repository import StoredResource
 from careplan_fhir.storage.search import parse_search, run_search
 from careplan_fhir.workflows import plan_lifecycle as lifecycle
 
+from .care_plan_check_in import check_in_after_create
 from .context import FhirContext
 
 AfterUpdate = Callable[[FhirContext, dict[str, Any], StoredResource], None]
+AfterCreate = Callable[[FhirContext, dict[str, Any], StoredResource], None]
 
 _AFTER_UPDATE: dict[str, list[AfterUpdate]] = {}
+_AFTER_CREATE: dict[str, list[AfterCreate]] = {}
 
 
 def after_update(resource_type: str) -> Callable[[AfterUpdate], AfterUpdate]:
@@ -45,6 +56,22 @@ def after_update(resource_type: str) -> Callable[[AfterUpdate], AfterUpdate]:
 def run_after_update(ctx: FhirContext, document: dict[str, Any], stored: StoredResource) -> None:
     """Run the hooks of ``stored``'s type, in registration order."""
     for hook in _AFTER_UPDATE.get(stored.resource_type, ()):
+        hook(ctx, document, stored)
+
+
+def after_create(resource_type: str) -> Callable[[AfterCreate], AfterCreate]:
+    """Register a hook run after every create of ``resource_type``."""
+
+    def register(hook: AfterCreate) -> AfterCreate:
+        _AFTER_CREATE.setdefault(resource_type, []).append(hook)
+        return hook
+
+    return register
+
+
+def run_after_create(ctx: FhirContext, document: dict[str, Any], stored: StoredResource) -> None:
+    """Run the create hooks of ``stored``'s type, in registration order."""
+    for hook in _AFTER_CREATE.get(stored.resource_type, ()):
         hook(ctx, document, stored)
 
 
@@ -88,6 +115,12 @@ def cancel_tasks_of_revoked_plan(
         if previous.raw is not None and _document(previous).get("status") == "revoked":
             return
     cancel_open_tasks(ctx, stored.id, f"CarePlan/{stored.id} was revoked")
+
+
+@after_create("QuestionnaireResponse")
+def evaluate_check_in(ctx: FhirContext, response: dict[str, Any], stored: StoredResource) -> None:
+    """A check-in posted as plain FHIR is evaluated as ``CarePlan/{id}/$check-in`` would be."""
+    check_in_after_create(ctx, response, stored)
 
 
 def cancel_open_tasks(ctx: FhirContext, plan_id: str, reason: str) -> list[StoredResource]:

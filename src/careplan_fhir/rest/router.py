@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from . import (
     batch_transaction,
     capabilities,
+    care_plan_check_in,
     care_plan_revoke,
     create,
     delete,
@@ -36,6 +37,7 @@ def fhir_router() -> APIRouter:
         plan_definition_apply,
         encounter_attach_care_plan,
         care_plan_revoke,
+        care_plan_check_in,
         resource_validate,
         read,
         create,

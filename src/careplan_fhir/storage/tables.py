@@ -183,3 +183,22 @@ class CarePlanAttachmentRow(SQLModel, table=True):
     template_version: str = Field(sa_column=Column(String(64), nullable=False))
     careplan_id: str = Field(sa_column=Column(String(64), nullable=False))
     created: datetime = Field(sa_column=Column(DateTime, nullable=False))
+
+
+class CheckInRow(SQLModel, table=True):
+    """One daily check-in event of a plan: the key that makes a check-in alert once.
+
+    ``key`` is :func:`careplan_fhir.workflows.check_in.check_in_key` (a SHA-256 of the plan id,
+    the authored date and the answers). Its unique constraint lets exactly one of two identical
+    submissions (a retry, a double tap, two concurrent requests) store the Observations and the
+    alert; the other finds this row and answers with that check-in.
+    """
+
+    __tablename__ = "check_in"
+    __table_args__ = (UniqueConstraint("key", name="uq_check_in_key"),)
+
+    pk: int | None = Field(default=None, primary_key=True)
+    key: str = Field(sa_column=Column(String(64), nullable=False))
+    careplan_id: str = Field(sa_column=Column(String(64), nullable=False))
+    questionnaireresponse_id: str = Field(sa_column=Column(String(64), nullable=False))
+    created: datetime = Field(sa_column=Column(DateTime, nullable=False))
