@@ -88,7 +88,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, base_url="http://testserver/fhir")
+    # The server-core suites count resources: automatic Provenance and AuditEvents are off here
+    # and on in the security suites (tests/test_audit.py, tests/test_provenance_auto.py).
+    return Settings(
+        database_url=database_url,
+        base_url="http://testserver/fhir",
+        audit_enabled=False,
+        auto_provenance=False,
+    )
 
 
 @pytest.fixture

@@ -187,7 +187,8 @@ def test_server_error_is_500_outcome_and_rolls_back(database_url: str) -> None:
     def failing_id() -> str:
         return next(calls)  # StopIteration on the third create: an unexpected failure
 
-    app = create_app(Settings(database_url=database_url), new_id=failing_id)
+    settings = Settings(database_url=database_url, audit_enabled=False, auto_provenance=False)
+    app = create_app(settings, new_id=failing_id)
     with TestClient(app, raise_server_exceptions=False) as flaky:
         assert flaky.post("/fhir/Patient", json=patient()).status_code == 201
         assert flaky.post("/fhir/Patient", json=patient()).status_code == 201

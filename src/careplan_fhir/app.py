@@ -12,6 +12,9 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from careplan_fhir import __version__
+from careplan_fhir.audit.logs import install_log_redaction
+from careplan_fhir.audit.middleware import AuditMiddleware
+from careplan_fhir.audit.sink import AuditSink
 from careplan_fhir.fhir.dates import utc_now
 from careplan_fhir.fhir.outcome import issue, operation_outcome
 from careplan_fhir.rest.batch_transaction import batch_or_transaction
@@ -76,18 +79,25 @@ def create_app(
 ) -> FastAPI:
     """Build the application for ``settings`` (the database must already be migrated)."""
     settings = settings or Settings()
+    install_log_redaction()  # uvicorn's access log: no query strings, no client addresses
     engine = make_engine(settings.database_url, echo=settings.echo_sql, background_checkpoints=True)
     checkpointer = (
         WalCheckpointer(engine, settings.wal_checkpoint_seconds)
         if engine.dialect.name == "sqlite"
         else None
     )
+    # AuditEvents are stored from a thread of their own, in batches (audit/sink.py).
+    audit_sink = AuditSink(engine, now=now) if settings.audit_enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if checkpointer is not None:
             checkpointer.start()
+        if audit_sink is not None:
+            audit_sink.start()
         yield
+        if audit_sink is not None:
+            audit_sink.stop()  # everything queued is stored first
         if checkpointer is not None:
             checkpointer.stop()
         engine.dispose()
@@ -102,11 +112,15 @@ def create_app(
     )
     app.state.services = Services(settings=settings, engine=engine, now=now, new_id=new_id)
     app.state.wal_checkpointer = checkpointer
+    app.state.audit_sink = audit_sink
     install_error_handlers(app)
     app.include_router(fhir_router(), prefix="/fhir")
     # The base URL itself (no trailing slash) takes batch and transaction Bundles too.
     app.add_api_route("/fhir", batch_or_transaction, methods=["POST"], include_in_schema=False)
     app.add_middleware(FastPaths, services=app.state.services)
+    if audit_sink is not None:
+        # Outside authentication, so that refused requests are audited too.
+        app.add_middleware(AuditMiddleware, sink=audit_sink, now=now)
     app.add_middleware(LoadShedder, limit=settings.max_in_flight)  # outermost
 
     return app

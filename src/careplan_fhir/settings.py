@@ -29,3 +29,7 @@ class Settings(BaseSettings):
     wal_checkpoint_seconds: float = 1.0
     #: Echo SQL to the log (debugging only).
     echo_sql: bool = False
+    #: Record an AuditEvent for every access decision.
+    audit_enabled: bool = True
+    #: Give every write a Provenance unless the client supplied one.
+    auto_provenance: bool = True

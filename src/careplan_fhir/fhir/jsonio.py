@@ -31,6 +31,13 @@ def _default(value: Any) -> Any:
 
 def dumps(document: Any, *, pretty: bool = False) -> bytes:
     """Serialise a document, writing decimals exactly as they were read."""
+    if not pretty:
+        # Most documents hold no decimal: orjson takes them at once and refuses the others
+        # (``_default`` raises on a Decimal), which is cheaper than looking first.
+        try:
+            return orjson.dumps(document, default=_default)
+        except TypeError:
+            pass
     if _has_decimal(document):
         text: str = simplejson.dumps(
             document,

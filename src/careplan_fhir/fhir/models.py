@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 #: Resource types this server stores and serves.
 SERVED_TYPES: tuple[str, ...] = (
     "ActivityDefinition",
+    "AuditEvent",
     "CarePlan",
     "CareTeam",
     "Communication",
@@ -89,6 +90,11 @@ _FULL_REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
     ),
     # Quantity.comparator is bound (required) to quantity-comparator; the models omit it.
     ("Quantity", "comparator"): frozenset({"<", "<=", ">=", ">"}),
+    # AuditEvent's three required bindings, which the models leave unchecked (R4 value sets
+    # audit-event-action, audit-event-outcome and network-type, 4.0.1).
+    ("AuditEvent", "action"): frozenset({"C", "R", "U", "D", "E"}),
+    ("AuditEvent", "outcome"): frozenset({"0", "4", "8", "12"}),
+    ("AuditEventAgentNetwork", "type"): frozenset({"1", "2", "3", "4", "5"}),
 }
 
 

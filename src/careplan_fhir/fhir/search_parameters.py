@@ -41,6 +41,27 @@ topic token topic
 context-type token useContext.code
 effective date effectivePeriod
 """,
+    # https://hl7.org/fhir/R4/auditevent.html#search (every R4 parameter)
+    "AuditEvent": """
+action token action
+address string agent.network.address
+agent reference agent.who
+agent-name string agent.name
+agent-role token agent.role
+altid token agent.altId
+date date recorded
+entity reference entity.what
+entity-name string entity.name
+entity-role token entity.role
+entity-type token entity.type
+outcome token outcome
+patient reference agent.who|entity.what Patient
+policy uri agent.policy
+site token source.site
+source reference source.observer
+subtype token subtype
+type token type
+""",
     "CarePlan": """
 activity-code token activity.detail.code
 activity-date date activity.detail.scheduled[x]

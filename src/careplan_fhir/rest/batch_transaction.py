@@ -17,6 +17,8 @@ from urllib.parse import parse_qsl, urlsplit
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from careplan_fhir.audit.events import note_interaction
+from careplan_fhir.audit.provenance import note_bundle_provenance
 from careplan_fhir.errors import FhirError, InvalidRequest, PreconditionFailed
 from careplan_fhir.fhir.models import ResourceInvalid
 from careplan_fhir.fhir.outcome import issue, operation_outcome
@@ -276,6 +278,7 @@ def run_transaction(ctx: FhirContext, entries: list[_Entry], representation: boo
     for entry in entries:
         if entry.resource is not None and mapping:
             entry.resource = _rewrite_references(entry.resource, mapping)
+    note_bundle_provenance(ctx, (entry.resource for entry in entries))
     # 3. Run the entries in the spec's order; answer in the bundle's order.
     responses: dict[int, bytes] = {}
     for entry in sorted(entries, key=lambda e: (_ORDER[e.method], e.index)):
@@ -291,6 +294,7 @@ def run_transaction(ctx: FhirContext, entries: list[_Entry], representation: boo
 
 
 def run_batch(ctx: FhirContext, entries: list[_Entry], representation: bool) -> bytes:
+    note_bundle_provenance(ctx, (entry.resource for entry in entries))
     responses = []
     for entry in entries:
         try:
@@ -310,6 +314,7 @@ def batch_or_transaction(ctx: ContextDep, body: BodyDep) -> Response:
     kind = bundle.get("type")
     if kind not in ("batch", "transaction"):
         raise InvalidRequest(f"Bundle.type must be batch or transaction, not {kind!r}")
+    note_interaction(ctx.request.scope, kind)
     entries = _parse_entries(bundle)
     representation = (ctx.prefer("return") or "representation") == "representation"
     ctx.begin_write()

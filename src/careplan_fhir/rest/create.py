@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from careplan_fhir.audit.provenance import record_write_provenance
 from careplan_fhir.errors import PreconditionFailed
 
 from .context import (
@@ -45,6 +46,7 @@ def create_resource(
                 f"If-None-Exist {if_none_exist!r} matches more than one {resource_type}"
             )
     stored = ctx.repository.create(document, resource_id=resource_id)
+    record_write_provenance(ctx, stored, "CREATE")
     run_after_create(ctx, document, stored)
     return WriteResult(201, stored, f"Created {resource_type}/{stored.id}")
 

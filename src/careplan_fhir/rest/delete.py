@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from careplan_fhir.audit.provenance import record_write_provenance
 from careplan_fhir.errors import PreconditionFailed
 
 from .context import ContextDep, FhirContext, check_type, find_by_criteria, if_match_version
@@ -20,6 +21,7 @@ def delete_resource(
     stored = ctx.repository.delete(resource_type, resource_id, if_match=if_match)
     if stored is None:
         return WriteResult(200, None, f"{resource_type}/{resource_id} was not there to delete")
+    record_write_provenance(ctx, stored, "DELETE")
     return WriteResult(200, stored, f"Deleted {resource_type}/{resource_id}")
 
 

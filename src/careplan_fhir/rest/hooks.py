@@ -6,7 +6,9 @@ PATCH and transaction/batch entries all pass through it) with the document just 
 :func:`run_after_create` likewise by :func:`careplan_fhir.rest.create.create_resource`. Hooks
 are registered per resource type with :func:`after_update` and :func:`after_create`; a type
 without hooks costs one dictionary lookup. A hook writes through ``ctx.repository`` directly,
-never through ``update_resource`` or ``create_resource``, so hooks do not trigger each other.
+never through ``update_resource`` or ``create_resource``, so hooks do not trigger each other;
+each version a hook writes gets its Provenance
+(:func:`careplan_fhir.audit.provenance.record_write_provenance`) like any other.
 
 Registered here, the care-plan lifecycle (:mod:`careplan_fhir.workflows.plan_lifecycle`):
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from careplan_fhir.audit.provenance import record_write_provenance
 from careplan_fhir.fhir import jsonio
 from careplan_fhir.fhir.dates import format_instant
 from careplan_fhir.fhir.models import validate_resource
@@ -100,7 +103,8 @@ def roll_up_task_status(ctx: FhirContext, task: dict[str, Any], stored: StoredRe
         rolled = lifecycle.roll_up_task(_document(current), stored.id, status, now)
         if rolled is not None:
             validate_resource(rolled)
-            ctx.repository.update(rolled, plan_id, if_match=current.version)
+            plan, _ = ctx.repository.update(rolled, plan_id, if_match=current.version)
+            record_write_provenance(ctx, plan, "UPDATE")
 
 
 @after_update("CarePlan")
@@ -144,7 +148,9 @@ def cancel_open_tasks(ctx: FhirContext, plan_id: str, reason: str) -> list[Store
         updated = lifecycle.cancelled_task(task, now, reason)
         if updated is not None:
             validate_resource(updated)
-            cancelled.append(ctx.repository.update(updated, found.id, if_match=found.version)[0])
+            written, _ = ctx.repository.update(updated, found.id, if_match=found.version)
+            record_write_provenance(ctx, written, "UPDATE")
+            cancelled.append(written)
     return cancelled
 
 

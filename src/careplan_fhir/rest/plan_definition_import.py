@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from careplan_fhir.audit.provenance import record_write_provenance
 from careplan_fhir.errors import (
     InvalidRequest,
     ResourceConflict,
@@ -238,9 +239,9 @@ def import_guidance(ctx: FhirContext, request: ImportRequest) -> list[Any]:
     references = {key: f"{key.split('/')[0]}/{new_id}" for key, new_id in new_ids.items()}
     stored = []
     for key, document in zip(keys, documents, strict=True):
-        stored.append(
-            ctx.repository.create(_rewrite(document, references), resource_id=new_ids[key])
-        )
+        created = ctx.repository.create(_rewrite(document, references), resource_id=new_ids[key])
+        record_write_provenance(ctx, created, "CREATE")
+        stored.append(created)
     return stored
 
 

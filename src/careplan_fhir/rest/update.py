@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from careplan_fhir.audit.provenance import record_write_provenance
 from careplan_fhir.errors import InvalidRequest, PreconditionFailed
 
 from .context import (
@@ -30,6 +31,7 @@ def update_resource(
 ) -> WriteResult:
     """Store a new version of ``resource_id`` (or create it with that id)."""
     stored, created = ctx.repository.update(document, resource_id, if_match=if_match)
+    record_write_provenance(ctx, stored, "CREATE" if created else "UPDATE")
     run_after_update(ctx, document, stored)
     if created:
         return WriteResult(201, stored, f"Created {stored.resource_type}/{resource_id}")
@@ -49,6 +51,7 @@ def conditional_update(
         if body_id:
             return update_resource(ctx, document, body_id, if_match)
         stored = ctx.repository.create(document)
+        record_write_provenance(ctx, stored, "CREATE")
         return WriteResult(201, stored, f"Created {resource_type}/{stored.id}")
     if body_id and body_id != matches[0].id:
         raise InvalidRequest(

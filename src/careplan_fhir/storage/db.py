@@ -38,7 +38,12 @@ def make_engine(url: str, *, echo: bool = False, background_checkpoints: bool = 
     into the database.
     """
     url = normalise_url(url)
-    kwargs: dict[str, Any] = {"echo": echo, "json_serializer": _serialise_json}
+    # Statement parameters hold resource content: never in a log line or an error message.
+    kwargs: dict[str, Any] = {
+        "echo": echo,
+        "json_serializer": _serialise_json,
+        "hide_parameters": True,
+    }
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         if url in ("sqlite://", "sqlite:///:memory:"):

@@ -7,6 +7,7 @@ https://hl7.org/fhir/R4/search.html describes for each type.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -41,31 +42,53 @@ def normalise_string(text: str) -> str:
     return " ".join(stripped.casefold().split())[:255]
 
 
-def values_at(resource: dict[str, Any], path: str) -> Iterator[Any]:
-    """Every value at ``path`` (the subset of FHIRPath used in search_parameters)."""
-    current: list[Any] = [resource]
+@functools.cache
+def _steps(path: str) -> tuple[tuple[str, bool, str | None, str | None], ...]:
+    """``path`` parsed once: ``(name, is_choice, filter key, filter value)`` per segment."""
+    steps = []
     for segment in path.split("."):
         match = _SEGMENT.match(segment)
         if match is None:
             raise ValueError(f"unsupported path segment {segment!r}")
-        name = match.group("name")
+        steps.append(
+            (
+                match.group("name"),
+                bool(match.group("choice")),
+                match.group("key"),
+                match.group("value"),
+            )
+        )
+    return tuple(steps)
+
+
+def values_at(resource: dict[str, Any], path: str) -> Iterator[Any]:
+    """Every value at ``path`` (the subset of FHIRPath used in search_parameters)."""
+    current: list[Any] = [resource]
+    for name, choice, key, wanted in _steps(path):
         found: list[Any] = []
         for node in current:
             if not isinstance(node, dict):
                 continue
-            if match.group("choice"):
+            if choice:
                 values = [
                     v
                     for k, v in node.items()
                     if k.startswith(name) and k[len(name) :][:1].isupper()
                 ]
             else:
-                values = [node[name]] if name in node else []
+                value = node.get(name)
+                if value is None:
+                    continue
+                values = [value]
             for value in values:
-                found.extend(value if isinstance(value, list) else [value])
-        key = match.group("key")
+                if isinstance(value, list):
+                    found.extend(value)
+                else:
+                    found.append(value)
         if key:
-            found = [v for v in found if isinstance(v, dict) and v.get(key) == match.group("value")]
+            found = [v for v in found if isinstance(v, dict) and v.get(key) == wanted]
+        if not found:
+            return
         current = found
     yield from current
 

@@ -1,0 +1,146 @@
+"""One AuditEvent per request, recorded once the response status is known.
+
+The middleware wraps ``send`` to see the status line (and the ``Location`` and ``ETag`` headers,
+which name the version written or read), lets the request run, then builds the event
+(:func:`careplan_fhir.audit.events.build_audit_event`) from the method, the path, the query, the
+peer address and the caller the authentication middleware left in ``scope["careplan.access"]``,
+and hands it to the :class:`~careplan_fhir.audit.sink.AuditSink`. The response has been sent by
+then: auditing adds no latency, except that a request waits when the sink's queue is full.
+
+It sits outside the authentication middleware (so refusals are recorded too) and inside the
+load shedder (503s for load are not access decisions).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from careplan_fhir.fhir.dates import format_instant
+
+from .events import (
+    ACCESS_KEY,
+    CLIENT_KEY,
+    INTERACTION_KEY,
+    REASON_KEY,
+    Caller,
+    Interaction,
+    build_audit_event,
+    caller_of,
+    classify,
+)
+from .sink import AuditSink
+
+logger = logging.getLogger(__name__)
+
+
+def _etag_version(value: str | None) -> str | None:
+    if not value:
+        return None
+    text = value.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    return text if text.isdigit() else None
+
+
+def audit_event_for(
+    scope: Scope,
+    interaction: Interaction,
+    status: int,
+    recorded: datetime,
+    *,
+    location: str | None = None,
+    etag: str | None = None,
+) -> dict[str, Any]:
+    """The AuditEvent of the request ``scope`` that ended with ``status``."""
+    hinted = scope.get(INTERACTION_KEY)
+    if isinstance(hinted, str) and hinted != interaction.code:
+        interaction = Interaction(hinted, "E")
+    client = scope.get("client")
+    reason = scope.get(REASON_KEY)
+    access = scope.get(ACCESS_KEY)
+    caller = caller_of(access, status)
+    if access is None and interaction.code in ("token", "introspect"):
+        # No bearer token on these: the caller is the client the endpoint authenticated.
+        authenticated = scope.get(CLIENT_KEY)
+        caller = (
+            Caller("client", client_id=authenticated)
+            if isinstance(authenticated, str) and authenticated
+            else Caller("anonymous")
+        )
+    return build_audit_event(
+        interaction,
+        caller,
+        status=status,
+        recorded=format_instant(recorded),
+        query=bytes(scope.get("query_string") or b"").decode("latin-1"),
+        address=str(client[0]) if client else None,
+        location=location,
+        etag_version=_etag_version(etag),
+        reason=reason if isinstance(reason, str) else None,
+    )
+
+
+class AuditMiddleware:
+    """Record an AuditEvent for every request under ``/fhir`` and the token endpoints."""
+
+    def __init__(self, app: ASGIApp, sink: AuditSink, now: Callable[[], datetime]) -> None:
+        self.app = app
+        self.sink = sink
+        self.now = now
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        interaction = classify(scope["method"], scope["path"])
+        if interaction is None:
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        location: str | None = None
+        etag: str | None = None
+
+        async def watch(message: Message) -> None:
+            nonlocal status, location, etag
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                for name, value in message.get("headers") or ():
+                    if name == b"location":
+                        location = bytes(value).decode("latin-1")
+                    elif name == b"etag":
+                        etag = bytes(value).decode("latin-1")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except BaseException:
+            # Cancelled or crashed: still an access decision. No awaiting here.
+            event = self._event(scope, interaction, status, location, etag)
+            if event is not None:
+                self.sink.submit(event)
+            raise
+        event = self._event(scope, interaction, status, location, etag)
+        if event is not None:
+            await self.sink.submit_async(event)
+
+    def _event(
+        self,
+        scope: Scope,
+        interaction: Interaction,
+        status: int,
+        location: str | None,
+        etag: str | None,
+    ) -> dict[str, Any] | None:
+        try:
+            return audit_event_for(
+                scope, interaction, status, self.now(), location=location, etag=etag
+            )
+        except Exception:  # noqa: BLE001 - a bug here must not fail the request
+            logger.exception("audit event for %s %s could not be built", scope["method"], status)
+            return None

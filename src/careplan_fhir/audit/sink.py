@@ -1,0 +1,221 @@
+"""Store AuditEvents off the request path: a bounded queue and one writer thread.
+
+A request only enqueues its event (:meth:`AuditSink.submit`); one background thread takes
+events off the queue and stores them as ordinary AuditEvent resources (searchable like any
+other: https://hl7.org/fhir/R4/auditevent.html#search) through
+:meth:`careplan_fhir.storage.repository.Repository.create_many`, up to ``batch_size`` per
+transaction (500; 200 on SQLite, whose single write turn a batch holds) and at least every
+``interval`` seconds.
+
+Nothing is dropped: when the queue is full a request waits for room (back-pressure) instead
+of losing its event, a failed batch is written again, and :meth:`AuditSink.stop` writes
+everything still queued before it returns. :meth:`AuditSink.flush` waits until every event
+submitted before it is stored (tests, shutdown).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from anyio import to_thread
+from sqlalchemy import Engine
+
+from careplan_fhir.storage.db import begin_write
+from careplan_fhir.storage.repository import Repository
+
+logger = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class AuditSink:
+    """Batches AuditEvents into the database from one background thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        now: Callable[[], datetime],
+        new_id: Callable[[], str] = _new_id,
+        batch_size: int | None = None,
+        interval: float = 0.2,
+        capacity: int = 20_000,
+    ) -> None:
+        self.engine = engine
+        self.now = now
+        # Audit ids are the sink's own: its thread must not share an id factory with requests.
+        self.new_id = new_id
+        # SQLite has one writer at a time: smaller batches hold the write turn for a few
+        # milliseconds only, so a request's create never waits long behind the audit trail.
+        self.batch_size = batch_size or (200 if engine.dialect.name == "sqlite" else 500)
+        self.interval = interval
+        self._queue: queue.Queue[Event] = queue.Queue(maxsize=capacity)
+        self._lock = threading.Lock()
+        self._progress = threading.Condition(self._lock)
+        self._submitted = 0
+        self._done = 0
+        #: Events stored so far, batches committed and write failures (each retried).
+        self.written = 0
+        self.batches = 0
+        self.failures = 0
+        self._hurry = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- request side ----------------------------------------------------------------------
+
+    def submit(self, event: Event) -> None:
+        """Queue ``event``; blocks while the queue is full (call from a thread, not the loop)."""
+        self._queue.put(event)
+        self._count_submitted()
+
+    async def submit_async(self, event: Event) -> None:
+        """Queue ``event`` from the event loop: at once, or in a thread while the queue is full."""
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            await to_thread.run_sync(self._queue.put, event)
+        self._count_submitted()
+
+    def _count_submitted(self) -> None:
+        with self._lock:
+            self._submitted += 1
+
+    @property
+    def pending(self) -> int:
+        """Events submitted and not yet stored."""
+        with self._lock:
+            return max(0, self._submitted - self._done)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="audit-sink", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Store everything queued, then end the writer thread."""
+        self._stopping.set()
+        self._hurry.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.error("audit sink did not finish within %.0f s", timeout)
+                return
+        self._drain()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every event submitted before this call is stored."""
+        with self._lock:
+            target = self._submitted
+        if self._thread is None or not self._thread.is_alive():
+            self._drain()
+            return
+        self._hurry.set()
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            while self._done < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"audit sink: {target - self._done} events not stored yet")
+                self._progress.wait(remaining)
+
+    # -- writer side -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch:
+                self._store(batch)
+            elif self._stopping.is_set() and self._queue.empty():
+                return
+
+    def _next_batch(self) -> list[Event]:
+        """Up to ``batch_size`` events: the first to arrive, then what comes within ``interval``."""
+        try:
+            first = self._queue.get(timeout=self.interval)
+        except queue.Empty:
+            self._hurry.clear()
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.interval
+        while len(batch) < self.batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._hurry.is_set():
+                break
+            try:
+                batch.append(self._queue.get(timeout=min(remaining, 0.02)))
+            except queue.Empty:
+                continue
+        return batch
+
+    def _drain(self) -> None:
+        """Store everything queued, in the calling thread (no writer thread running)."""
+        while True:
+            batch: list[Event] = []
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if not batch:
+                return
+            self._store(batch)
+
+    def _store(self, batch: list[Event]) -> None:
+        """Write one batch, retrying with growing pauses until it is stored."""
+        pause = 0.05
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self._write(batch)
+                break
+            except Exception:  # noqa: BLE001 - the batch is kept and written again
+                self.failures += 1
+                # No event content in the log: only how many and how often.
+                logger.warning(
+                    "audit sink: storing %d events failed (attempt %d); retrying",
+                    len(batch),
+                    attempts,
+                    exc_info=attempts == 1,
+                )
+                if self._stopping.is_set() and attempts >= 5:
+                    logger.error("audit sink: %d events could not be stored", len(batch))
+                    break
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+        with self._progress:
+            self._done += len(batch)
+            self._progress.notify_all()
+        if self._queue.empty():
+            self._hurry.clear()
+
+    def _write(self, batch: list[Event]) -> None:
+        with self.engine.connect() as connection:
+            begin_write(connection, wait=True)
+            repository = Repository(connection, now=self.now, new_id=self.new_id)
+            repository.create_many(batch)
+            connection.commit()
+        self.written += len(batch)
+        self.batches += 1
