@@ -337,8 +337,32 @@ def wait_ready(server: Server, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{server.name} not ready after {timeout} s; see {server.log}")
 
 
+#: The system token every request to the FHIR server carries (authorization is on, as deployed).
+AUTHORIZATION: dict[str, str] = {}
+
+
+def system_token(key_file: Path, audience: str) -> str:
+    """A ``system/*.cruds`` token from the server's own key, as its token endpoint issues."""
+    from datetime import timedelta
+
+    from careplan_fhir.auth.keys import load_or_create_signing_key, mint_access_token
+    from careplan_fhir.fhir.dates import utc_now
+    from careplan_fhir.settings import Settings
+
+    return mint_access_token(
+        load_or_create_signing_key(key_file),
+        issuer=Settings().auth_issuer,
+        audience=audience,
+        scope="system/*.cruds",
+        subject="bench",
+        client_id="bench",
+        lifetime=timedelta(hours=4),
+        now=utc_now(),
+    )
+
+
 def fetch(url: str, *, accept: str = "application/fhir+json") -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers={"Accept": accept})
+    request = urllib.request.Request(url, headers={"Accept": accept, **AUTHORIZATION})
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.status, response.read()
 
@@ -391,19 +415,27 @@ def lua_list(name: str, values: list[str]) -> str:
     return f"local {name} = {{\n" + ",\n".join(json.dumps(v) for v in values) + "\n}\n"
 
 
+def lua_headers(extra: dict[str, str]) -> str:
+    headers = {**AUTHORIZATION, **extra}
+    pairs = ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items())
+    return f"local headers = {{{pairs}}}\n"
+
+
 def get_script(paths: list[str], count_codes: bool) -> str:
     body = lua_list("paths", paths)
-    body += "local n = #paths\n"
-    body += 'request = function()\n  return wrk.format("GET", paths[math.random(n)])\nend\n'
+    body += "local n = #paths\n" + lua_headers({})
+    body += (
+        'request = function()\n  return wrk.format("GET", paths[math.random(n)], headers)\nend\n'
+    )
     return body + LUA_COMMON % {"response": LUA_COUNT_CODES if count_codes else ""}
 
 
 def create_script(pairs: list[tuple[str, str]]) -> str:
     body = lua_list("patients", [p for p, _ in pairs])
     body += lua_list("careplans", [c for _, c in pairs])
+    body += lua_headers({"Content-Type": "application/fhir+json", "Prefer": "return=minimal"})
     body += r"""
 local n = #patients
-local headers = {["Content-Type"] = "application/fhir+json", ["Prefer"] = "return=minimal"}
 request = function()
   local i = math.random(n)
   local p = patients[i]
@@ -611,9 +643,14 @@ def main(argv: list[str] | None = None) -> None:
         "warning",
     ]
     figures: dict[str, dict[str, Any]] = {}
+    keys = Path(tempfile.mkdtemp(prefix="careplan-bench-keys-"))
+    key_file = keys / "signing-key.json"
+    token = system_token(key_file, f"http://{HOST}:{fhir_port}/fhir")
+    AUTHORIZATION["Authorization"] = f"Bearer {token}"
+    fhir_env = {"CAREPLAN_AUTH_SIGNING_KEY_FILE": str(key_file)}
     with (
         tempfile.TemporaryDirectory(prefix="careplan-bench-") as tmp,
-        serve("fhir-server", fhir_command, {}, fhir_port) as fhir,
+        serve("fhir-server", fhir_command, fhir_env, fhir_port) as fhir,
     ):
         workdir = Path(tmp)
         # The bare app serves the bytes of a real read, and pairs for creates come from reads.

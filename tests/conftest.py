@@ -19,9 +19,11 @@ from sqlalchemy import Engine, create_engine, make_url, text
 from sqlmodel import SQLModel
 
 from careplan_fhir.app import create_app
+from careplan_fhir.auth.keys import load_or_create_signing_key
 from careplan_fhir.settings import Settings
 from careplan_fhir.storage import tables  # noqa: F401
 from careplan_fhir.storage.db import make_engine, normalise_url
+from tests.tokens import SYSTEM_SCOPE, TEST_BASE, mint_token
 
 POSTGRES_URL = os.environ.get("CAREPLAN_TEST_POSTGRES_URL")
 
@@ -35,6 +37,20 @@ class TickingClock:
     def __call__(self) -> datetime:
         self.current += timedelta(milliseconds=1)
         return self.current
+
+
+@pytest.fixture(scope="session")
+def signing_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test run's server signing key (the app trusts tokens it signs)."""
+    path = tmp_path_factory.mktemp("keys") / "signing-key.json"
+    load_or_create_signing_key(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def system_headers(signing_key_file: Path) -> dict[str, str]:
+    """``Authorization`` for a system client that may do everything."""
+    return {"Authorization": f"Bearer {mint_token(signing_key_file, SYSTEM_SCOPE)}"}
 
 
 @pytest.fixture(scope="session")
@@ -87,21 +103,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
+def settings(database_url: str, signing_key_file: Path) -> Settings:
     # The server-core suites count resources: automatic Provenance and AuditEvents are off here
     # and on in the security suites (tests/test_audit.py, tests/test_provenance_auto.py).
     return Settings(
         database_url=database_url,
-        base_url="http://testserver/fhir",
+        base_url=TEST_BASE,
+        auth_signing_key_file=str(signing_key_file),
         audit_enabled=False,
         auto_provenance=False,
     )
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
+def client(settings: Settings, system_headers: dict[str, str]) -> Iterator[TestClient]:
+    """The app over HTTP, as a system client whose token allows everything."""
     ids = (f"id{n}" for n in itertools.count(1))
     clock = TickingClock(datetime(2026, 3, 1, 9, 0, tzinfo=UTC))
     app = create_app(settings, now=clock, new_id=lambda: next(ids))
-    with TestClient(app) as test_client:
+    with TestClient(app, headers=system_headers) as test_client:
         yield test_client

@@ -102,15 +102,12 @@ def test_the_same_call_again_returns_the_stored_plan(client: TestClient) -> None
     assert attach(client, setup.encounter_id, by_id).status_code == 200
 
 
-def test_two_concurrent_calls_store_one_plan(database_url: str) -> None:
+def test_two_concurrent_calls_store_one_plan(
+    settings: Settings, system_headers: dict[str, str]
+) -> None:
     # uuid ids: the shared fixture's id generator is not meant for several threads at once.
-    settings = Settings(
-        database_url=database_url,
-        base_url="http://testserver/fhir",
-        audit_enabled=False,
-        auto_provenance=False,
-    )
-    with TestClient(create_app(settings, new_id=lambda: uuid.uuid4().hex)) as client:
+    app = create_app(settings, new_id=lambda: uuid.uuid4().hex)
+    with TestClient(app, headers=system_headers) as client:
         setup = set_up(client)
         body = attach_body(setup)
         with ThreadPoolExecutor(max_workers=4) as pool:

@@ -172,7 +172,10 @@ def test_serve_creates_the_key_and_prints_three_working_tokens(
     base = "http://127.0.0.1:8099/fhir"
     assert all(url.startswith(f"{base}/") for _, url in examples)
     patient, clinician, system = (verify(token, key_file, base) for token, _ in examples)
-    assert (patient.patient, str(patient.scopes)) == ("vtp-patient", "patient/*.cruds")
+    assert (patient.patient, str(patient.scopes)) == (
+        "vtp-patient",
+        "patient/*.rs patient/Task.u patient/QuestionnaireResponse.c patient/Observation.c",
+    )
     assert clinician.fhir_user == "Practitioner/vtp-practitioner"
     assert str(clinician.scopes) == "user/*.cruds"
     assert str(system.scopes) == "system/*.cruds"

@@ -60,8 +60,8 @@ def test_concurrent_create_with_same_client_id_makes_one(client: TestClient) -> 
     assert client.get("/fhir/Patient?_id=race").json()["total"] == 1
 
 
-def test_overload_is_shed_with_503_outcome(database_url: str) -> None:
-    app = create_app(Settings(database_url=database_url, max_in_flight=0))
+def test_overload_is_shed_with_503_outcome(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"max_in_flight": 0}))
     with TestClient(app) as shedding:
         response = shedding.get("/fhir/metadata")
     assert response.status_code == 503
@@ -70,7 +70,9 @@ def test_overload_is_shed_with_503_outcome(database_url: str) -> None:
     assert response.json()["issue"][0]["code"] == "transient"
 
 
-def test_inline_create_waits_for_a_busy_writer_in_a_thread(database_url: str) -> None:
+def test_inline_create_waits_for_a_busy_writer_in_a_thread(
+    database_url: str, settings: Settings, system_headers: dict[str, str]
+) -> None:
     """A create on the event loop never blocks it on another writer's turn (SQLite)."""
     import threading
 
@@ -83,9 +85,9 @@ def test_inline_create_waits_for_a_busy_writer_in_a_thread(database_url: str) ->
 
     from careplan_fhir.storage.db import begin_write
 
-    app = create_app(Settings(database_url=database_url))
+    app = create_app(settings)
     engine = app.state.services.engine
-    with TestClient(app) as live, engine.connect() as holder:
+    with TestClient(app, headers=system_headers) as live, engine.connect() as holder:
         begin_write(holder)
         holder.execute(text("SELECT 1"))  # this connection now holds the write turn
         results: list[int] = []
@@ -102,15 +104,17 @@ def test_inline_create_waits_for_a_busy_writer_in_a_thread(database_url: str) ->
         assert live.get("/fhir/Patient").json()["total"] == 1
 
 
-def test_the_server_checkpoints_the_wal_in_the_background(database_url: str) -> None:
+def test_the_server_checkpoints_the_wal_in_the_background(
+    database_url: str, settings: Settings, system_headers: dict[str, str]
+) -> None:
     import time
 
     import pytest
 
     if not database_url.startswith("sqlite"):
         pytest.skip("the write-ahead log is SQLite's")
-    app = create_app(Settings(database_url=database_url, wal_checkpoint_seconds=0.05))
-    with TestClient(app) as live:
+    app = create_app(settings.model_copy(update={"wal_checkpoint_seconds": 0.05}))
+    with TestClient(app, headers=system_headers) as live:
         for _ in range(20):
             assert live.post("/fhir/Patient", json=patient()).status_code == 201
         deadline = time.monotonic() + 5

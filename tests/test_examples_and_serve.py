@@ -25,6 +25,7 @@ from careplan_fhir.storage.db import make_engine
 from careplan_fhir.storage.migrate import upgrade
 from careplan_fhir.storage.tables import ResourceVersionRow
 from careplan_fhir.workflows.load_examples import iter_resources, load_examples
+from tests.tokens import mint_token
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -178,10 +179,15 @@ def test_served_us_core_care_plan_search(tmp_path: Path) -> None:
         "--log-level",
         "warning",
     ]
+    # The server creates its signing key in its working directory on first start; making it
+    # first lets the test sign a system token the server will trust.
+    token = mint_token(tmp_path / "careplan-dev-key.json", "system/*.rs", audience=base)
+    auth = {"Authorization": f"Bearer {token}"}
     with log.open("wb") as output:
         process = subprocess.Popen(command, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT)
         try:
             _wait_for_metadata(base, process, log)
+            assert httpx.get(f"{base}/CarePlan", timeout=10).status_code == 401
             response = httpx.get(
                 f"{base}/CarePlan",
                 params={
@@ -189,6 +195,7 @@ def test_served_us_core_care_plan_search(tmp_path: Path) -> None:
                     "category": "assess-plan",
                     "_include": "CarePlan:goal",
                 },
+                headers=auth,
                 timeout=10,
             )
             assert response.status_code == 200, response.text
@@ -207,6 +214,7 @@ def test_served_us_core_care_plan_search(tmp_path: Path) -> None:
             with_provenance = httpx.get(
                 f"{base}/CarePlan",
                 params={"patient": f"Patient/{PATIENT_ID}", "_revinclude": "Provenance:target"},
+                headers=auth,
                 timeout=10,
             ).json()
             included = {
@@ -217,7 +225,7 @@ def test_served_us_core_care_plan_search(tmp_path: Path) -> None:
             assert included == {f"Provenance/{PROVENANCE_ID}"}
 
             other_patient = httpx.get(
-                f"{base}/CarePlan", params={"patient": "someone-else"}, timeout=10
+                f"{base}/CarePlan", params={"patient": "someone-else"}, headers=auth, timeout=10
             ).json()
             assert other_patient["total"] == 0
         finally:

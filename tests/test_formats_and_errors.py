@@ -166,9 +166,11 @@ def test_unknown_path_is_404_outcome(client: TestClient) -> None:
     assert_outcome(client.get("/fhir/Patient/1/2/3/4/5"), 404)
 
 
-def test_body_over_limit_is_413_and_nothing_written(database_url: str) -> None:
-    settings = Settings(database_url=database_url, max_body_bytes=200)
-    with TestClient(create_app(settings)) as small:
+def test_body_over_limit_is_413_and_nothing_written(
+    settings: Settings, system_headers: dict[str, str]
+) -> None:
+    app = create_app(settings.model_copy(update={"max_body_bytes": 200}))
+    with TestClient(app, headers=system_headers) as small:
         big = patient(name=[{"family": "x" * 300}])
         assert_outcome(small.post("/fhir/Patient", json=big), 413)
         assert small.get("/fhir/Patient").json()["total"] == 0
@@ -181,15 +183,16 @@ def test_bad_if_match_is_400(client: TestClient) -> None:
     assert_outcome(response, 400)
 
 
-def test_server_error_is_500_outcome_and_rolls_back(database_url: str) -> None:
+def test_server_error_is_500_outcome_and_rolls_back(
+    settings: Settings, system_headers: dict[str, str]
+) -> None:
     calls = iter(["fine-1", "fine-2"])
 
     def failing_id() -> str:
         return next(calls)  # StopIteration on the third create: an unexpected failure
 
-    settings = Settings(database_url=database_url, audit_enabled=False, auto_provenance=False)
     app = create_app(settings, new_id=failing_id)
-    with TestClient(app, raise_server_exceptions=False) as flaky:
+    with TestClient(app, raise_server_exceptions=False, headers=system_headers) as flaky:
         assert flaky.post("/fhir/Patient", json=patient()).status_code == 201
         assert flaky.post("/fhir/Patient", json=patient()).status_code == 201
         assert_outcome(flaky.post("/fhir/Patient", json=patient()), 500, "exception")

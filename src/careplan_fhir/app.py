@@ -17,6 +17,7 @@ from careplan_fhir.audit.middleware import AuditMiddleware
 from careplan_fhir.audit.sink import AuditSink
 from careplan_fhir.fhir.dates import utc_now
 from careplan_fhir.fhir.outcome import issue, operation_outcome
+from careplan_fhir.portal import pages as portal_pages
 from careplan_fhir.rest.batch_transaction import batch_or_transaction
 from careplan_fhir.rest.context import Services
 from careplan_fhir.rest.errors import install_error_handlers
@@ -115,6 +116,8 @@ def create_app(
     app.state.audit_sink = audit_sink
     install_error_handlers(app)
     app.include_router(fhir_router(), prefix="/fhir")
+    app.include_router(portal_pages.router)  # /portal: server-rendered pages (docs/portal.md)
+    app.add_api_route("/", portal_pages.root_redirect, methods=["GET"], include_in_schema=False)
     # The base URL itself (no trailing slash) takes batch and transaction Bundles too.
     app.add_api_route("/fhir", batch_or_transaction, methods=["POST"], include_in_schema=False)
     app.add_middleware(FastPaths, services=app.state.services)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from careplan_fhir.auth.access import PATIENT_PORTAL_SCOPE
 from careplan_fhir.settings import Settings
 
 if TYPE_CHECKING:
@@ -172,7 +173,7 @@ def demo_tokens(
             **context,
         )
 
-    patient = mint("patient/*.cruds", f"Patient/{DEMO_PATIENT}", patient=DEMO_PATIENT)
+    patient = mint(PATIENT_PORTAL_SCOPE, f"Patient/{DEMO_PATIENT}", patient=DEMO_PATIENT)
     clinician = mint("user/*.cruds", DEMO_PRACTITIONER, fhir_user=DEMO_PRACTITIONER)
     system = mint("system/*.cruds", "careplan-fhir-demo")
 
@@ -181,7 +182,7 @@ def demo_tokens(
 
     return [
         (
-            f"patient {DEMO_PATIENT} (patient/*.cruds)",
+            f"patient {DEMO_PATIENT} ({PATIENT_PORTAL_SCOPE})",
             patient,
             curl(patient, "CarePlan?category=assess-plan&_include=CarePlan:goal"),
         ),

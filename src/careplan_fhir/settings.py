@@ -33,3 +33,13 @@ class Settings(BaseSettings):
     audit_enabled: bool = True
     #: Give every write a Provenance unless the client supplied one.
     auto_provenance: bool = True
+
+    # -- the patient portal; see docs/portal.md -----------------------------------------------
+    #: How long an invitation link works unless the inviter asks for less (or more, up to the
+    #: maximum below).
+    portal_invitation_seconds: int = 7 * 24 * 3600
+    portal_invitation_max_seconds: int = 30 * 24 * 3600
+    #: Lifetime of a portal session (the cookie's token); the invitation link starts a new one.
+    portal_session_seconds: int = 3600
+    #: The patients' time zone (IANA name): what "today" and "overdue" mean on the portal.
+    portal_timezone: str = "UTC"

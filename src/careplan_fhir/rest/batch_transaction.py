@@ -24,6 +24,7 @@ from careplan_fhir.fhir.models import ResourceInvalid
 from careplan_fhir.fhir.outcome import issue, operation_outcome
 from careplan_fhir.storage.repository import StoredResource, parse_version_tag
 
+from .authorization import guarded_read, guarded_vread
 from .bundles import bundle_bytes, entry_bytes
 from .context import (
     BodyDep,
@@ -183,14 +184,14 @@ def _execute(
         operations = _patch_operations(entry)
         if len(path) == 2:
             return patch_resource(ctx, resource_type, path[1], operations, version), None
-        matches = find_by_criteria(ctx, resource_type, query)
+        matches = find_by_criteria(ctx, resource_type, query, interaction="patch")
         if len(matches) != 1:
             raise PreconditionFailed(f"PATCH criteria match {len(matches)} resources; need 1")
         return patch_resource(ctx, resource_type, matches[0].id, operations, version), None
     if entry.method == "DELETE":
         if len(path) == 2:
             return delete_resource(ctx, resource_type, path[1], version), None
-        matches = find_by_criteria(ctx, resource_type, query)
+        matches = find_by_criteria(ctx, resource_type, query, interaction="delete")
         if len(matches) > 1:
             raise PreconditionFailed("Conditional delete criteria match more than one resource")
         if not matches:
@@ -200,10 +201,10 @@ def _execute(
     if len(path) == 1:
         return None, search_bundle(ctx, resource_type, parse_qsl(query, keep_blank_values=True))
     if len(path) == 2:
-        stored = ctx.repository.read(resource_type, path[1])
+        stored = guarded_read(ctx, resource_type, path[1])
         return WriteResult(200, stored, "read"), None
     if len(path) == 4 and path[2] == "_history":
-        stored = ctx.repository.vread(resource_type, path[1], path[3])
+        stored = guarded_vread(ctx, resource_type, path[1], path[3])
         return WriteResult(200, stored, "vread"), None
     raise InvalidRequest(f"Bundle.entry[{entry.index}]: unsupported GET {entry.url!r}")
 
@@ -254,7 +255,9 @@ def run_transaction(ctx: FhirContext, entries: list[_Entry], representation: boo
             path, _ = _split_url(ctx, entry.url)
             if entry.method == "POST":
                 if entry.request.get("ifNoneExist"):
-                    matches = find_by_criteria(ctx, path[0], entry.request["ifNoneExist"])
+                    matches = find_by_criteria(
+                        ctx, path[0], entry.request["ifNoneExist"], interaction="create"
+                    )
                     if len(matches) == 1:
                         mapping[entry.full_url] = f"{path[0]}/{matches[0].id}"
                         continue

@@ -85,6 +85,23 @@ TYPE_OPERATIONS = {
             ),
         },
     ],
+    "Patient": [
+        {
+            "name": "portal-invitation",
+            "definition": f"{PROJECT_CANONICAL}/OperationDefinition/Patient-portal-invitation",
+            "documentation": (
+                "A signed, expiring link to the patient portal for this patient (docs/portal.md);"
+                " the session it starts sees only this patient's data."
+            ),
+        },
+        {
+            "name": "portal-invitation-revoke",
+            "definition": (
+                f"{PROJECT_CANONICAL}/OperationDefinition/Patient-portal-invitation-revoke"
+            ),
+            "documentation": "Withdraw the patient's portal links; their sessions end too.",
+        },
+    ],
 }
 
 #: Operations on every type (rest/resource_validate.py; the spec's definition, unchanged).

@@ -122,10 +122,9 @@ def record_derived_provenance(ctx: FhirContext, outcome: CheckInOutcome) -> None
         record_write_provenance(ctx, stored, "CREATE")
 
 
-@router.post("/CarePlan/{plan_id}/$check-in", summary="CarePlan $check-in")
-def care_plan_check_in(plan_id: str, ctx: ContextDep, body: BodyDep) -> Response:
-    response = read_check_in_request(body, ctx.header("content-type"))
-    ctx.begin_write()  # before any read: SQLite cannot turn a read transaction into a write
+def check_in(ctx: FhirContext, plan_id: str, response: dict[str, Any]) -> CheckInOutcome:
+    """The operation's work, authorization included, in the caller's write transaction (begun
+    with ``ctx.begin_write()``, committed by the caller). The portal's check-in page calls it."""
     decision = guard_write_before(ctx, "QuestionnaireResponse", "create", None)
     guarded_read(ctx, "CarePlan", plan_id)
     outcome = record_check_in(
@@ -135,6 +134,14 @@ def care_plan_check_in(plan_id: str, ctx: ContextDep, body: BodyDep) -> Response
         guard_write_after(ctx, decision, outcome.questionnaire_response)
         record_write_provenance(ctx, outcome.questionnaire_response, "CREATE")
         record_derived_provenance(ctx, outcome)
+    return outcome
+
+
+@router.post("/CarePlan/{plan_id}/$check-in", summary="CarePlan $check-in")
+def care_plan_check_in(plan_id: str, ctx: ContextDep, body: BodyDep) -> Response:
+    response = read_check_in_request(body, ctx.header("content-type"))
+    ctx.begin_write()  # before any read: SQLite cannot turn a read transaction into a write
+    outcome = check_in(ctx, plan_id, response)
     ctx.commit()
     stored = outcome.questionnaire_response
     headers = resource_headers(stored)

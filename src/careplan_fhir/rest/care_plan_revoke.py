@@ -20,6 +20,7 @@ from careplan_fhir.fhir.dates import format_instant
 from careplan_fhir.fhir.models import validate_resource
 from careplan_fhir.workflows import plan_lifecycle as lifecycle
 
+from .authorization import guard_write_before, guarded_read
 from .context import BodyDep, ContextDep, parse_document
 from .update import update_resource
 from .write_result import WriteResult, write_response
@@ -46,7 +47,8 @@ def _reason(body: bytes, content_type: str | None) -> str | None:
 def care_plan_revoke(plan_id: str, ctx: ContextDep, body: BodyDep) -> Response:
     reason = _reason(body, ctx.header("content-type")) or "Plan revoked"
     ctx.begin_write()
-    current = ctx.repository.read("CarePlan", plan_id)
+    current = guarded_read(ctx, "CarePlan", plan_id)
+    guard_write_before(ctx, "CarePlan", "update", current)
     assert current.raw is not None
     plan = jsonio.loads(current.raw)
     status = plan.get("status")

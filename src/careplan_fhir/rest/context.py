@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from fastapi.responses import Response
 from sqlalchemy import Connection, Engine
 
+from careplan_fhir.auth.access import SCOPE_KEY, UNRESTRICTED, Access
 from careplan_fhir.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -104,6 +105,16 @@ class FhirContext:
     @property
     def settings(self) -> Settings:
         return self.services.settings
+
+    @property
+    def access(self) -> Access:
+        """The caller (set by the authentication middleware for every request under /fhir).
+
+        Without the middleware (code calling interactions directly, as the CLI does) the
+        caller is the server itself.
+        """
+        access: Access = self.request.scope.get(SCOPE_KEY, UNRESTRICTED)
+        return access
 
     @functools.cached_property
     def base_url(self) -> str:
@@ -247,9 +258,20 @@ def if_match_version(ctx: FhirContext) -> int | None:
 
 
 def find_by_criteria(
-    ctx: FhirContext, resource_type: str, query: str, *, limit: int = 2
+    ctx: FhirContext,
+    resource_type: str,
+    query: str,
+    *,
+    limit: int = 2,
+    interaction: str = "search-type",
 ) -> list[StoredResource]:
-    """Resources matching a conditional interaction's criteria (at most ``limit``)."""
+    """Resources matching a conditional interaction's criteria (at most ``limit``).
+
+    Only what the caller may reach for ``interaction`` is matched: a conditional write can
+    neither find nor reveal another patient's resources.
+    """
+    from .authorization import decide, decision_criterion  # authorization imports this module
+
     params = parse_qsl(query.lstrip("?"), keep_blank_values=True)
     if not params:
         raise PreconditionFailed("Conditional interaction without search criteria")
@@ -258,6 +280,7 @@ def find_by_criteria(
     )
     request.count = limit
     request.total = "none"
+    request.conditions.extend(decision_criterion(ctx, decide(ctx, resource_type, interaction)))
     return run_search(ctx.repository, request).matches
 
 

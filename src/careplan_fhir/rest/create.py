@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from careplan_fhir.audit.provenance import record_write_provenance
 from careplan_fhir.errors import PreconditionFailed
 
+from .authorization import guard_write_after, guard_write_before
 from .context import (
     BodyDep,
     ContextDep,
@@ -37,8 +38,9 @@ def create_resource(
     ``resource_id`` is an id the server chose beforehand (a transaction's ``urn:uuid:`` entries).
     """
     resource_type = document["resourceType"]
+    decision = guard_write_before(ctx, resource_type, "create", None)
     if if_none_exist:
-        matches = find_by_criteria(ctx, resource_type, if_none_exist)
+        matches = find_by_criteria(ctx, resource_type, if_none_exist, interaction="create")
         if len(matches) == 1:
             return WriteResult(200, matches[0], "A matching resource exists; nothing created")
         if len(matches) > 1:
@@ -46,6 +48,7 @@ def create_resource(
                 f"If-None-Exist {if_none_exist!r} matches more than one {resource_type}"
             )
     stored = ctx.repository.create(document, resource_id=resource_id)
+    guard_write_after(ctx, decision, stored)
     record_write_provenance(ctx, stored, "CREATE")
     run_after_create(ctx, document, stored)
     return WriteResult(201, stored, f"Created {resource_type}/{stored.id}")

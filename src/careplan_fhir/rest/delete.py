@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from careplan_fhir.audit.provenance import record_write_provenance
 from careplan_fhir.errors import PreconditionFailed
 
+from .authorization import guard_write_before
 from .context import ContextDep, FhirContext, check_type, find_by_criteria, if_match_version
 from .write_result import WriteResult, write_response
 
@@ -18,6 +19,8 @@ def delete_resource(
     ctx: FhirContext, resource_type: str, resource_id: str, if_match: int | None = None
 ) -> WriteResult:
     """Delete (a new version marking the resource deleted); deleting twice is fine."""
+    current = ctx.repository.find(resource_type, resource_id)
+    guard_write_before(ctx, resource_type, "delete", current)
     stored = ctx.repository.delete(resource_type, resource_id, if_match=if_match)
     if stored is None:
         return WriteResult(200, None, f"{resource_type}/{resource_id} was not there to delete")
@@ -39,7 +42,7 @@ def delete(resource_type: str, resource_id: str, ctx: ContextDep) -> Response:
 def delete_conditional(resource_type: str, ctx: ContextDep) -> Response:
     check_type(resource_type)
     ctx.begin_write()
-    matches = find_by_criteria(ctx, resource_type, ctx.request.url.query)
+    matches = find_by_criteria(ctx, resource_type, ctx.request.url.query, interaction="delete")
     if len(matches) > 1:
         raise PreconditionFailed(f"Conditional delete criteria match more than one {resource_type}")
     if not matches:

@@ -34,10 +34,14 @@ from careplan_fhir.workflows.attach_care_plan import (
     parameters_from_resource,
 )
 
+from .authorization import guarded_read, require_unrestricted
 from .bundles import bundle_bytes, entry_bytes
 from .context import BodyDep, ContextDep, FhirContext, parse_document, resource_headers
 
 router = APIRouter()
+
+#: What an attach writes: the caller must be allowed to create each for any patient.
+ATTACHED_TYPES = ("CarePlan", "Goal", "Task", "Communication", "Provenance")
 
 _PARAMETER_NAMES = ("planDefinition", "practitioner", "organization", "parameters")
 
@@ -120,8 +124,15 @@ def attach_response(ctx: FhirContext, outcome: AttachOutcome) -> Response:
 
 @router.post("/Encounter/{encounter_id}/$attach-care-plan", summary="Encounter $attach-care-plan")
 def encounter_attach_care_plan(encounter_id: str, ctx: ContextDep, body: BodyDep) -> Response:
+    require_unrestricted(
+        ctx,
+        "create",
+        ATTACHED_TYPES,
+        "$attach-care-plan (it writes a plan for the encounter's patient)",
+    )
     request = read_attach_request(encounter_id, body, ctx.header("content-type"))
-    ctx.begin_write()
+    ctx.begin_write()  # before any read: SQLite cannot turn a read transaction into a write
+    guarded_read(ctx, "Encounter", encounter_id)
     outcome = attach_care_plan(
         ctx.repository, request, now=ctx.services.now(), new_id=ctx.services.new_id
     )

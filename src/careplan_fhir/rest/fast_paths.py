@@ -14,7 +14,12 @@ Search and create call the very functions the routes call. Any failure (not foun
 invalid body, a database error) is not answered here: the request, its body replayed, goes on to
 the framework, which does the work again and produces the error in the one place errors are
 made. A create that fails has written nothing (its transaction was never committed), so running
-it again is safe. Authorization, once added, must guard these paths too.
+it again is safe.
+
+Authorization: the authentication middleware runs outside this one. Search and create call the
+guarded interaction functions; the plain read is served here only when the caller may read
+every resource of the type (a system or practitioner token), and goes to the guarded read
+otherwise.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from anyio import to_thread
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from careplan_fhir.auth.access import SCOPE_KEY, UNRESTRICTED, Access
 from careplan_fhir.errors import NotAcceptable
 from careplan_fhir.fhir.outcome import issue
 from careplan_fhir.storage.db import WriterBusy
@@ -49,6 +55,12 @@ _SKIP_HEADERS = frozenset({b"if-none-match", b"if-modified-since", b"prefer"})
 _SKIP_ON_CREATE = frozenset({b"if-none-exist", b"if-match"})
 _JSON_BODIES = frozenset({b"application/fhir+json", b"application/json"})
 _CONTENT_TYPE = b"application/fhir+json;charset=utf-8"
+
+
+def _access(scope: Scope) -> Access:
+    """The caller, as the authentication middleware (outside this one) recorded it."""
+    access: Access = scope.get(SCOPE_KEY, UNRESTRICTED)
+    return access
 
 
 def _committed(context: FhirContext) -> bool:
@@ -131,6 +143,8 @@ class FastPaths:
                 await self._create(scope, receive, send)
                 return
         target = self._target(scope)
+        if target is not None and not _access(scope).unrestricted_for(target[0], "read"):
+            target = None  # a confined or filtered read: the framework's read checks it
         if target is not None:
             try:
                 stored = (

@@ -7,9 +7,10 @@ from urllib.parse import urlencode
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from careplan_fhir.errors import InvalidRequest, ResourceNotFound
+from careplan_fhir.errors import InvalidRequest
 from careplan_fhir.fhir.dates import DateFormatError, format_instant, parse_range
 
+from .authorization import filter_versions, guard_history
 from .bundles import bundle_bytes, entry_bytes
 from .context import ContextDep, FhirContext, check_type
 
@@ -49,8 +50,7 @@ def history_bundle(ctx: FhirContext, resource_type: str | None, resource_id: str
     snapshot = query.get("_snapshot")
     if snapshot is not None and not snapshot.isdigit():
         raise InvalidRequest("_snapshot must be an integer")
-    if resource_type and resource_id and ctx.repository.find(resource_type, resource_id) is None:
-        raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
+    decision = guard_history(ctx, resource_type, resource_id)
     versions, total, upto = ctx.repository.history(
         resource_type,
         resource_id,
@@ -60,6 +60,7 @@ def history_bundle(ctx: FhirContext, resource_type: str | None, resource_id: str
         offset=offset,
         upto_pk=int(snapshot) if snapshot else None,
     )
+    versions = filter_versions(ctx, decision, versions)
     path = "/".join(p for p in (resource_type, resource_id) if p)
     url = f"{ctx.base_url}/{path}/_history" if path else f"{ctx.base_url}/_history"
     keep = [

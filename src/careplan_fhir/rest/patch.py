@@ -8,9 +8,15 @@ import jsonpatch
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from careplan_fhir.errors import InvalidRequest, PreconditionFailed, UnsupportedMediaType
+from careplan_fhir.errors import (
+    InvalidRequest,
+    PreconditionFailed,
+    ResourceNotFound,
+    UnsupportedMediaType,
+)
 from careplan_fhir.fhir import jsonio
 
+from .authorization import guarded_find
 from .context import (
     BodyDep,
     ContextDep,
@@ -50,6 +56,8 @@ def patch_resource(
     if_match: int | None,
 ) -> WriteResult:
     """Apply ``operations`` to the current version and store the result as a new version."""
+    if guarded_find(ctx, resource_type, resource_id, "patch")[1] is None:
+        raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
     current = ctx.repository.read(resource_type, resource_id)
     if if_match is not None and if_match != current.version:
         raise PreconditionFailed(
@@ -83,7 +91,7 @@ def patch_conditional(resource_type: str, ctx: ContextDep, body: BodyDep) -> Res
     operations = parse_patch(body, ctx.header("content-type"))
     if_match = if_match_version(ctx)
     ctx.begin_write()
-    matches = find_by_criteria(ctx, resource_type, ctx.request.url.query)
+    matches = find_by_criteria(ctx, resource_type, ctx.request.url.query, interaction="patch")
     if len(matches) != 1:
         raise PreconditionFailed(
             f"Conditional patch criteria match {len(matches)} {resource_type} resources; need 1"

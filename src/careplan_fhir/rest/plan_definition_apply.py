@@ -41,6 +41,7 @@ from careplan_fhir.fhir.outcome import issue
 from careplan_fhir.storage.repository import StoredResource
 from careplan_fhir.storage.search import parse_search, run_search
 
+from .authorization import guard_search, guarded_read
 from .context import BodyDep, ContextDep, FhirContext, parse_document
 
 router = APIRouter()
@@ -171,6 +172,7 @@ def _document(stored: StoredResource) -> dict[str, Any]:
 def _search(ctx: FhirContext, resource_type: str, params: list[tuple[str, str]]) -> list[Any]:
     request = parse_search(resource_type, params, base_url=ctx.base_url, strict=True)
     request.total = "none"
+    guard_search(ctx, request)
     return run_search(ctx.repository, request).matches
 
 
@@ -185,7 +187,7 @@ def find_plan_definition(
                 "At instance level the template is the one in the URL; planDefinition and url"
                 " are not allowed"
             )
-        return _document(ctx.repository.read("PlanDefinition", resource_id))
+        return _document(guarded_read(ctx, "PlanDefinition", resource_id))
     if request.plan_definition is not None:
         return request.plan_definition
     reference = values.get("planDefinition")
@@ -194,7 +196,7 @@ def find_plan_definition(
         if text.startswith(("http://", "https://")) and "/PlanDefinition/" not in text:
             raise InvalidRequest(f"planDefinition {text!r} is not a PlanDefinition reference")
         plan_id = text.rstrip("/").split("PlanDefinition/")[-1].split("/")[0]
-        return _document(ctx.repository.read("PlanDefinition", plan_id))
+        return _document(guarded_read(ctx, "PlanDefinition", plan_id))
     url = values.get("url")
     if not url:
         raise InvalidRequest("Give the template: planDefinition, or url (and version)")
@@ -254,7 +256,7 @@ def _reference(name: str, value: Any) -> str:
 def _existing(ctx: FhirContext, name: str, reference: str) -> dict[str, Any]:
     resource_type, resource_id = reference.split("/")
     try:
-        return _document(ctx.repository.read(resource_type, resource_id))
+        return _document(guarded_read(ctx, resource_type, resource_id))
     except (ResourceNotFound, ResourceGone):
         message = f"{name}: {reference} is not known here"
         raise Unprocessable(message, issues=[issue(message, code="not-found")]) from None

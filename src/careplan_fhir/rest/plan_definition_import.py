@@ -40,6 +40,7 @@ from careplan_fhir.workflows.import_guidance import (
     format_for_media_type,
 )
 
+from .authorization import require_unrestricted
 from .bundles import bundle_bytes, entry_bytes
 from .context import (
     BodyDep,
@@ -52,6 +53,10 @@ from .context import (
 from .formats import media_type
 
 router = APIRouter()
+
+#: What an import stores: the template, its ActivityDefinitions, the check-in Questionnaire
+#: and the source document.
+IMPORTED_TYPES = ("PlanDefinition", "ActivityDefinition", "Questionnaire", "DocumentReference")
 
 _FHIR_TYPES = frozenset(
     {
@@ -247,6 +252,7 @@ def import_guidance(ctx: FhirContext, request: ImportRequest) -> list[Any]:
 
 @router.post("/PlanDefinition/$import", summary="PlanDefinition $import")
 def plan_definition_import(ctx: ContextDep, body: BodyDep) -> Response:
+    require_unrestricted(ctx, "create", IMPORTED_TYPES, "$import")
     request = read_import_request(body, ctx.header("content-type"), dict(ctx.request.query_params))
     stored = import_guidance(ctx, request)
     ctx.connection.commit()

@@ -42,6 +42,7 @@ from careplan_fhir.fhir.profiles import (
     validate_against_profile,
 )
 
+from .authorization import guarded_read
 from .context import BodyDep, ContextDep, FhirContext, check_type, parse_document
 
 router = APIRouter()
@@ -153,7 +154,7 @@ def validation_issues(
     resource = request.resource
     if request.mode in ("delete", "profile"):
         assert resource_id is not None
-        stored = ctx.repository.read(resource_type, resource_id)  # 404 or 410 when absent
+        stored = guarded_read(ctx, resource_type, resource_id)  # 404 or 410 when absent
         if request.mode == "delete":
             return []
         if resource is None:

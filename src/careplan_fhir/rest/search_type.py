@@ -12,6 +12,7 @@ from careplan_fhir.fhir import jsonio
 from careplan_fhir.fhir.outcome import issue, operation_outcome
 from careplan_fhir.storage.search import parse_search, run_search
 
+from .authorization import filter_included, guard_search
 from .bundles import bundle_bytes, entry_bytes
 from .context import BodyDep, ContextDep, FhirContext, check_type
 from .formats import media_type
@@ -33,7 +34,9 @@ def search_bundle(ctx: FhirContext, resource_type: str, params: list[tuple[str, 
         max_count=settings.max_page_size,
         strict=ctx.prefer("handling") == "strict",
     )
+    guard_search(ctx, request)
     result = run_search(ctx.repository, request)
+    result.included = filter_included(ctx, result.included)
     # Links carry only the parameters the search used (search.html#self): not the ignored ones.
     unused = _NOT_IN_LINKS | set(request.ignored)
     link_params = [(k, v) for k, v in params if k not in unused]

@@ -61,6 +61,17 @@ _TABLES = {
     "quantity": QuantityIndexRow.__table__,  # type: ignore[attr-defined]
 }
 
+
+def resource_table() -> Any:
+    """The current-resource table, for criteria built outside this module (authorization)."""
+    return _resource
+
+
+def index_table(kind: str) -> Any:
+    """The index table of a search-parameter type (``token``, ``reference``, ...)."""
+    return _TABLES[kind]
+
+
 #: Result parameters (https://hl7.org/fhir/R4/search.html#return) this server understands.
 RESULT_PARAMETERS = frozenset(
     {
@@ -863,6 +874,7 @@ def _reverse_include(
 
 
 __all__ = [
+    "Criterion",
     "Include",
     "SearchRequest",
     "SearchResult",

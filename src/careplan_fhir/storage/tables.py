@@ -202,3 +202,28 @@ class CheckInRow(SQLModel, table=True):
     careplan_id: str = Field(sa_column=Column(String(64), nullable=False))
     questionnaireresponse_id: str = Field(sa_column=Column(String(64), nullable=False))
     created: datetime = Field(sa_column=Column(DateTime, nullable=False))
+
+
+class PortalInvitationRow(SQLModel, table=True):
+    """One patient-portal invitation (``Patient/$portal-invitation``, docs/portal.md).
+
+    The link itself is a token signed by the server's key that names this row's
+    ``invitation_id``; the row is what lets a clinician revoke a link before it expires, and
+    what every portal session started from the link is checked against.
+    """
+
+    __tablename__ = "portal_invitation"
+    __table_args__ = (
+        UniqueConstraint("invitation_id", name="uq_portal_invitation_id"),
+        Index("ix_portal_invitation_patient", "patient_id"),
+    )
+
+    pk: int | None = Field(default=None, primary_key=True)
+    invitation_id: str = Field(sa_column=Column(String(64), nullable=False))
+    patient_id: str = Field(sa_column=Column(String(64), nullable=False))
+    created: datetime = Field(sa_column=Column(DateTime, nullable=False))
+    expires: datetime = Field(sa_column=Column(DateTime, nullable=False))
+    #: When it was revoked; None while it works.
+    revoked: datetime | None = Field(default=None, sa_column=Column(DateTime, nullable=True))
+    #: Who invited (the token's client id or subject), for the record.
+    issued_by: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
