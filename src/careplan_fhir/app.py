@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from pathlib import Path
 
 import orjson
 from fastapi import FastAPI
@@ -15,9 +17,14 @@ from careplan_fhir import __version__
 from careplan_fhir.audit.logs import install_log_redaction
 from careplan_fhir.audit.middleware import AuditMiddleware
 from careplan_fhir.audit.sink import AuditSink
+from careplan_fhir.auth.backend_services import backend_services_for
+from careplan_fhir.auth.keys import load_or_create_signing_key
+from careplan_fhir.auth.middleware import Authenticate, make_verifier
 from careplan_fhir.fhir.dates import utc_now
 from careplan_fhir.fhir.outcome import issue, operation_outcome
+from careplan_fhir.http_security import CORSMiddleware, HtmlSecurityHeaders, cors_options
 from careplan_fhir.portal import pages as portal_pages
+from careplan_fhir.rest import auth_introspect, auth_token, smart_configuration
 from careplan_fhir.rest.batch_transaction import batch_or_transaction
 from careplan_fhir.rest.context import Services
 from careplan_fhir.rest.errors import install_error_handlers
@@ -25,6 +32,8 @@ from careplan_fhir.rest.fast_paths import FastPaths
 from careplan_fhir.rest.router import fhir_router
 from careplan_fhir.settings import Settings
 from careplan_fhir.storage.db import WalCheckpointer, make_engine
+
+logger = logging.getLogger(__name__)
 
 
 def new_resource_id() -> str:
@@ -115,15 +124,36 @@ def create_app(
     app.state.wal_checkpointer = checkpointer
     app.state.audit_sink = audit_sink
     install_error_handlers(app)
+    # OAuth endpoints first: /fhir/.well-known/smart-configuration must win over /fhir/{type}/{id}.
+    for oauth_router in (smart_configuration.router, auth_token.router, auth_introspect.router):
+        app.include_router(oauth_router)
     app.include_router(fhir_router(), prefix="/fhir")
     app.include_router(portal_pages.router)  # /portal: server-rendered pages (docs/portal.md)
     app.add_api_route("/", portal_pages.root_redirect, methods=["GET"], include_in_schema=False)
     # The base URL itself (no trailing slash) takes batch and transaction Bundles too.
     app.add_api_route("/fhir", batch_or_transaction, methods=["POST"], include_in_schema=False)
     app.add_middleware(FastPaths, services=app.state.services)
+    # Tokens are checked against the wall clock, never the injected one (tests move theirs).
+    signing_key = load_or_create_signing_key(Path(settings.auth_signing_key_file))
+    app.state.signing_key = signing_key
+    app.state.token_verifier = make_verifier(settings, signing_key.jwks(), utc_now)
+    app.state.services.signing_key = signing_key
+    app.state.services.backend_services = backend_services_for(
+        settings, signing_key, app.state.token_verifier
+    )
+    if not settings.auth_enabled:
+        logger.warning(
+            "AUTHORIZATION IS OFF (CAREPLAN_AUTH_ENABLED=false): every request to /fhir is"
+            " served without a token. Never do this with real patient data."
+        )
+    app.add_middleware(Authenticate, settings=settings, verifier=app.state.token_verifier)
     if audit_sink is not None:
         # Outside authentication, so that refused requests are audited too.
         app.add_middleware(AuditMiddleware, sink=audit_sink, now=now)
+    app.add_middleware(HtmlSecurityHeaders)
+    if settings.cors_origins:
+        # Outside authentication: a preflight carries no token.
+        app.add_middleware(CORSMiddleware, **cors_options(settings))  # type: ignore[arg-type]
     app.add_middleware(LoadShedder, limit=settings.max_in_flight)  # outermost
 
     return app

@@ -6,7 +6,18 @@ Nothing reads the environment at import time: build a :class:`Settings` and pass
 
 from __future__ import annotations
 
+from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TrustedIssuer(BaseModel):
+    """An external authorization server whose bearer tokens this server accepts."""
+
+    issuer: str
+    #: Where its signing keys are: a JWKS URL (fetched, cached, re-fetched on an unknown key
+    #: id) or a local JWKS file (re-read when it changes). Exactly one of the two.
+    jwks_uri: str = ""
+    jwks_file: str = ""
 
 
 class Settings(BaseSettings):
@@ -29,6 +40,26 @@ class Settings(BaseSettings):
     wal_checkpoint_seconds: float = 1.0
     #: Echo SQL to the log (debugging only).
     echo_sql: bool = False
+
+    # -- security (SMART on FHIR); see docs/security.md --------------------------------------
+    #: Bearer tokens are required on the FHIR API. Turning this off is for local experiments
+    #: only and logs a warning on every start.
+    auth_enabled: bool = True
+    #: The issuer (``iss``) of the tokens this server mints itself (the token endpoint and
+    #: ``careplan-fhir token``); tokens from it are checked against the local signing key.
+    auth_issuer: str = "http://127.0.0.1:8080/auth"
+    #: Accepted ``aud`` values besides the FHIR base URL (configured or derived per request).
+    auth_audiences: list[str] = []
+    #: The server's own signing key (a private JWK, created on first use if missing).
+    auth_signing_key_file: str = "./careplan-dev-key.json"
+    #: External authorization servers whose tokens are accepted too.
+    auth_trusted_issuers: list[TrustedIssuer] = []
+    #: Registered SMART Backend Services clients (a JSON file; see docs/security.md).
+    auth_clients_file: str = ""
+    #: Lifetime of the access tokens the token endpoint issues.
+    access_token_seconds: int = 300
+    #: Origins allowed to call the API from a browser (CORS); empty means none.
+    cors_origins: list[str] = []
     #: Record an AuditEvent for every access decision.
     audit_enabled: bool = True
     #: Give every write a Provenance unless the client supplied one.

@@ -179,7 +179,55 @@ def _resources() -> list[dict[str, Any]]:
     return resources
 
 
-def capability_statement(base_url: str) -> dict[str, Any]:
+#: https://hl7.org/fhir/R4/codesystem-restful-security-service.html
+_SMART_SERVICE = {
+    "coding": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR",
+            "display": "SMART-on-FHIR",
+        }
+    ],
+    "text": "SMART on FHIR bearer tokens (SMART App Launch v2 scopes)",
+}
+
+
+def security(base_url: str, auth_enabled: bool, cors: bool = False) -> dict[str, Any]:
+    """``rest.security``: SMART bearer tokens, the OAuth endpoints (also in
+    ``/.well-known/smart-configuration``, https://hl7.org/fhir/smart-app-launch/conformance.html).
+    """
+    if not auth_enabled:
+        return {
+            "cors": cors,
+            "description": "Authorization is turned off on this server (local experiments only).",
+        }
+    root = base_url.removesuffix("/fhir")
+    return {
+        "extension": [
+            {
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [
+                    {"url": "token", "valueUri": f"{root}/auth/token"},
+                    {"url": "introspect", "valueUri": f"{root}/auth/introspect"},
+                ],
+            }
+        ],
+        "cors": cors,
+        "service": [_SMART_SERVICE],
+        "description": (
+            "Every request except GET /metadata needs Authorization: Bearer <JWT> (RS256,"
+            " RS384, ES256 or ES384) from this server's token endpoint (SMART Backend Services,"
+            " private_key_jwt) or a configured issuer. SMART v2 scopes (patient|user|system)/"
+            "(Type|*).cruds, v1 .read/.write/.*, and granular query scopes are enforced per"
+            " interaction; patient-level access is confined to the patient compartment (Task"
+            " by for/owner). See /.well-known/smart-configuration."
+        ),
+    }
+
+
+def capability_statement(
+    base_url: str, *, auth_enabled: bool = True, cors: bool = False
+) -> dict[str, Any]:
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -200,6 +248,7 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                     " any reference parameter; _sort, _count, _summary, _elements, _total;"
                     " unknown parameters are ignored unless Prefer: handling=strict."
                 ),
+                "security": security(base_url, auth_enabled, cors),
                 "resource": _resources(),
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
             }
@@ -209,4 +258,10 @@ def capability_statement(base_url: str) -> dict[str, Any]:
 
 @router.get("/metadata", summary="capabilities")
 def metadata(ctx: ContextDep) -> Response:
-    return ctx.respond(capability_statement(ctx.base_url))
+    return ctx.respond(
+        capability_statement(
+            ctx.base_url,
+            auth_enabled=ctx.settings.auth_enabled,
+            cors=bool(ctx.settings.cors_origins),
+        )
+    )
