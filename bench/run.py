@@ -590,6 +590,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per run")
     parser.add_argument("--samples", type=int, default=10_000, help="distinct ids in scripts")
     parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the FHIR server, e.g. CAREPLAN_AUDIT_ENABLED=false (repeatable)",
+    )
+    parser.add_argument(
         "--reuse", action="store_true", help="reuse the database of an earlier run (same size)"
     )
     parser.add_argument(
@@ -648,6 +655,7 @@ def main(argv: list[str] | None = None) -> None:
     token = system_token(key_file, f"http://{HOST}:{fhir_port}/fhir")
     AUTHORIZATION["Authorization"] = f"Bearer {token}"
     fhir_env = {"CAREPLAN_AUTH_SIGNING_KEY_FILE": str(key_file)}
+    fhir_env.update(item.split("=", 1) for item in args.server_env)  # type: ignore[misc]
     with (
         tempfile.TemporaryDirectory(prefix="careplan-bench-") as tmp,
         serve("fhir-server", fhir_command, fhir_env, fhir_port) as fhir,

@@ -435,3 +435,27 @@ def test_patients_cannot_write_shared_definitions(world: World) -> None:
     before = world.count("PlanDefinition")
     assert_outcome(world.as_a("POST", "/fhir/PlanDefinition", json=plan_definition()), 403)
     assert world.count("PlanDefinition") == before
+
+
+def test_the_audit_trail_is_append_only_even_for_system_clients(client: TestClient) -> None:
+    event = {
+        "resourceType": "AuditEvent",
+        "type": {
+            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "code": "rest",
+        },
+        "recorded": "2026-03-01T09:00:00Z",
+        "agent": [{"requestor": True, "who": {"display": "EHR"}}],
+        "source": {"observer": {"display": "EHR"}},
+    }
+    created = client.post("/fhir/AuditEvent", json=event)
+    assert created.status_code == 201, created.text
+    event_id = created.json()["id"]
+    assert_outcome(client.put(f"/fhir/AuditEvent/{event_id}", json={**event, "id": event_id}), 403)
+    assert_outcome(client.delete(f"/fhir/AuditEvent/{event_id}"), 403)
+    assert client.get(f"/fhir/AuditEvent/{event_id}").json()["meta"]["versionId"] == "1"
+    metadata = client.get("/fhir/metadata").json()["rest"][0]["resource"]
+    audit = next(r for r in metadata if r["type"] == "AuditEvent")
+    codes = {i["code"] for i in audit["interaction"]}
+    assert {"create", "read", "search-type"} <= codes
+    assert not codes & {"update", "patch", "delete"}

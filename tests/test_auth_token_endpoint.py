@@ -594,3 +594,21 @@ def test_clients_registered_twice(tmp_path: Path) -> None:
     path.write_text(json.dumps([entry, entry]))
     with pytest.raises(ValueError, match="twice"):
         load_clients(path)
+
+
+def test_the_audit_trail_names_the_client_that_got_a_token(
+    http: TestClient, ec_key: ClientKey
+) -> None:
+    response = request_token(http, token_form(assertion(ec_key), "system/*.rs"))
+    assert response.status_code == 200, response.text
+    token = response.json()["access_token"]
+    http.app.state.audit_sink.flush()  # type: ignore[attr-defined]
+    found = http.get(
+        "/fhir/AuditEvent",
+        params={"type": "110114"},
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()
+    (event,) = [e["resource"] for e in found["entry"] if e["search"]["mode"] == "match"]
+    assert event["outcome"] == "0"
+    assert event["agent"][0]["who"]["identifier"]["value"] == CLIENT_ID
+    assert token not in json.dumps(event)

@@ -45,7 +45,8 @@ class HtmlSecurityHeaders:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith("/fhir/"):
+            # FHIR answers are JSON or XML, never pages: no per-response header work.
             await self.app(scope, receive, send)
             return
 

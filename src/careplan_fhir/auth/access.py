@@ -19,7 +19,7 @@ ORed; the REST layer turns them into SQL criteria before a search reaches the da
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from careplan_fhir.errors import Forbidden
@@ -100,6 +100,9 @@ class Access:
     #: Token id, for the audit trail.
     token_id: str | None = None
     issuer: str | None = None
+    _decisions: dict[tuple[str, str], Decision | Forbidden] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
 
     @property
     def fhir_user_patient(self) -> str | None:
@@ -119,8 +122,26 @@ class Access:
         return None
 
     def decide(self, resource_type: str, interaction: str) -> Decision:
-        """The decision for ``interaction`` on ``resource_type``; 403 when nothing grants it."""
+        """The decision for ``interaction`` on ``resource_type``; 403 when nothing grants it.
+
+        Memoised per Access (one per token, shared by that client's requests).
+        """
+        key = (resource_type, interaction)
+        memo = self._decisions.get(key)
+        if memo is None:
+            try:
+                memo = self._decide(resource_type, interaction)
+            except Forbidden as refused:
+                memo = refused
+            self._decisions[key] = memo
+        if isinstance(memo, Forbidden):
+            raise Forbidden(memo.message)
+        return memo
+
+    def _decide(self, resource_type: str, interaction: str) -> Decision:
         permission = PERMISSION_OF.get(interaction, interaction)
+        if resource_type in SYSTEM_ONLY_TYPES and permission in ("u", "d"):
+            raise Forbidden(f"The audit trail is append-only: no {interaction} on {resource_type}")
         if self.kind == "unrestricted":
             return Decision(resource_type, permission)
         if self.scopes is None:

@@ -14,6 +14,7 @@ own way and pass through untouched.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from .tokens import AccessToken, FileJwks, Issuer, JwksSource, StaticJwks, Token
 
 logger = logging.getLogger(__name__)
 
+_ACCESS_CACHE_SIZE = 4096
 _PUBLIC = frozenset({"/fhir/metadata", "/fhir/.well-known/smart-configuration"})
 _CONTENT_TYPE = b"application/fhir+json;charset=utf-8"
 
@@ -89,6 +91,13 @@ class Authenticate:
         self.settings = settings
         self.verifier = verifier
         self.extra_audiences: Sequence[str] = tuple(settings.auth_audiences)
+        #: The Access of each recently verified token, by the verifier's (cached) token object:
+        #: a client's requests share one Access and its memoised decisions.
+        self._accesses: OrderedDict[int, tuple[AccessToken, Access]] = OrderedDict()
+        #: Configured base URL and audiences, when they do not depend on the request.
+        self._fixed_audiences: tuple[str, ...] | None = (
+            (settings.base_url.rstrip("/"), *self.extra_audiences) if settings.base_url else None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -126,7 +135,10 @@ class Authenticate:
                 "invalid_request",
             )
             return
-        audiences = (fhir_base(scope, self.settings), *self.extra_audiences)
+        audiences = self._fixed_audiences or (
+            fhir_base(scope, self.settings),
+            *self.extra_audiences,
+        )
         try:
             verified = self.verifier.verify(token, audiences=audiences)
         except NotAuthorized as exc:
@@ -134,8 +146,19 @@ class Authenticate:
             logger.info("bearer token refused on %s %s: %s", scope["method"], path, exc.message)
             await _refuse(send, "security", exc.message, "invalid_token")
             return
-        scope[SCOPE_KEY] = access_from_token(verified)
+        scope[SCOPE_KEY] = self._access_of(verified)
         await self.app(scope, receive, send)
+
+    def _access_of(self, verified: AccessToken) -> Access:
+        """The Access of a verified token, built once per token the verifier caches."""
+        hit = self._accesses.get(id(verified))
+        if hit is not None and hit[0] is verified:
+            return hit[1]
+        access = access_from_token(verified)
+        self._accesses[id(verified)] = (verified, access)
+        while len(self._accesses) > _ACCESS_CACHE_SIZE:
+            self._accesses.popitem(last=False)
+        return access
 
 
 async def _refuse(send: Send, code: str, message: str, error: str | None) -> None:

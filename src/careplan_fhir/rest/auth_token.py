@@ -10,10 +10,12 @@ A registered client posts ``grant_type=client_credentials``, ``scope``,
 
 from __future__ import annotations
 
+import jwt
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from careplan_fhir.audit.events import CLIENT_KEY
 from careplan_fhir.auth.backend_services import OAuthError
 
 from .oauth import (
@@ -37,4 +39,7 @@ async def token(request: Request) -> Response:
         answer = await run_in_threadpool(machinery.issue_token, form, urls_of(request))
     except OAuthError as error:
         return oauth_error_response(error)
+    # The audit trail names the client that was issued a token (we signed it a moment ago).
+    claims = jwt.decode(answer["access_token"], options={"verify_signature": False})
+    request.scope[CLIENT_KEY] = claims.get("client_id")
     return json_response(answer, headers=NO_STORE)

@@ -35,6 +35,9 @@ TYPE_INTERACTIONS = (
     "create",
     "search-type",
 )
+#: Interactions refused on a type whatever the scopes (auth/access.py: the audit trail is
+#: append-only).
+IMMUTABLE_TYPES = {"AuditEvent": ("update", "patch", "delete")}
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
 
 #: Operations on a type: the OperationDefinitions in profiles/.
@@ -157,7 +160,11 @@ def _resources() -> list[dict[str, Any]]:
         resources.append(
             {
                 "type": resource_type,
-                "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+                "interaction": [
+                    {"code": code}
+                    for code in TYPE_INTERACTIONS
+                    if code not in IMMUTABLE_TYPES.get(resource_type, ())
+                ],
                 "versioning": "versioned-update",
                 "readHistory": True,
                 "updateCreate": True,
