@@ -63,6 +63,11 @@ CLIENT_KEY = "careplan.audit.client_id"
 _REST_TYPE = {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"}
 _AUTH_TYPE = {"system": DICOM, "code": "110114", "display": "User Authentication"}
 _LOGIN = {"system": DICOM, "code": "110122", "display": "Login"}
+#: A patient-portal page or action: patient data seen or changed outside the FHIR API
+#: (DICOM audit event ID, in https://hl7.org/fhir/R4B/valueset-audit-event-type.html).
+_PATIENT_RECORD_TYPE = {"system": DICOM, "code": "110110", "display": "Patient Record"}
+#: Portal actions that change a resource: ``POST /portal/<path>/{id}/<verb>``.
+_PORTAL_WRITES = {("tasks", "done"): "Task", ("alerts", "acknowledge"): "Communication"}
 _QUERY_TYPE = {"system": AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"}
 _QUERY_ROLE = {"system": OBJECT_ROLE, "code": "24", "display": "Query"}
 _RESOURCE_ROLE = {"system": OBJECT_ROLE, "code": "4", "display": "Domain Resource"}
@@ -134,6 +139,8 @@ def classify(method: str, path: str) -> Interaction | None:
         return Interaction("token", "E")
     if path == "/auth/introspect":
         return Interaction("introspect", "E")
+    if path == "/portal" or path.startswith("/portal/"):
+        return _portal_interaction(method, path)
     if path != "/fhir" and not path.startswith("/fhir/"):
         return None
     parts = [p for p in path[6:].split("/") if p]
@@ -389,10 +396,12 @@ def build_audit_event(
     action = interaction.action
     if interaction.code in ("update", "patch") and status == 201:
         action = "C"
-    event: dict[str, Any] = {
-        "resourceType": "AuditEvent",
-        "type": _AUTH_TYPE if interaction.code in ("token", "introspect") else _REST_TYPE,
-    }
+    event_type = _REST_TYPE
+    if interaction.code in ("token", "introspect"):
+        event_type = _AUTH_TYPE
+    elif interaction.code == "portal":
+        event_type = _PATIENT_RECORD_TYPE
+    event: dict[str, Any] = {"resourceType": "AuditEvent", "type": event_type}
     subtype = subtype_of(interaction)
     if subtype:
         event["subtype"] = subtype
@@ -404,14 +413,34 @@ def build_audit_event(
         event["outcomeDesc"] = description
     event["agent"] = agents_of(caller, address)
     event["source"] = {"observer": {"display": OBSERVER}}
-    entities = (
-        []
-        if interaction.code in ("token", "introspect")
-        else entities_of(interaction, caller, query, location=location, etag_version=etag_version)
-    )
+    if interaction.code in ("token", "introspect"):
+        entities = []
+    elif interaction.code == "portal":
+        # The page, never its query (an invitation link carries its token there).
+        entities = entities_of(interaction, caller, "")
+        entities.insert(0, {"name": str(interaction.operation)[:255]})
+    else:
+        entities = entities_of(
+            interaction, caller, query, location=location, etag_version=etag_version
+        )
     if entities:
         event["entity"] = entities
     return event
+
+
+def _portal_interaction(method: str, path: str) -> Interaction | None:
+    """A portal page (read) or action; its stylesheet is no access decision."""
+    parts = [p for p in path[len("/portal") :].split("/") if p]
+    if parts[:1] == ["static"]:
+        return None
+    if method == "GET":
+        return Interaction("portal", "R", operation=path)
+    if len(parts) == 3 and (parts[0], parts[2]) in _PORTAL_WRITES:
+        resource_type = _PORTAL_WRITES[(parts[0], parts[2])]
+        return Interaction("portal", "U", resource_type, parts[1], operation=path)
+    if parts[:1] == ["check-in"] and len(parts) == 2:
+        return Interaction("portal", "C", "CarePlan", parts[1], operation=path)
+    return Interaction("portal", "E", operation=path)
 
 
 def note_interaction(scope: MutableMapping[str, Any], code: str) -> None:

@@ -87,7 +87,8 @@ def audit_event_for(
 
 
 class AuditMiddleware:
-    """Record an AuditEvent for every request under ``/fhir`` and the token endpoints."""
+    """Record an AuditEvent for every request under ``/fhir``, the token endpoints and the
+    patient portal's pages and actions (``/portal``, its stylesheet excepted)."""
 
     def __init__(self, app: ASGIApp, sink: AuditSink, now: Callable[[], datetime]) -> None:
         self.app = app
