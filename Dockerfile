@@ -23,6 +23,9 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin care
     && chown careplan /data
 USER careplan
 ENV CAREPLAN_DATABASE_URL=sqlite:////data/careplan.db
+# The server's token-signing key (created on first start; /app is not writable by this user).
+# Mint a token inside the container: careplan-fhir token --scope 'system/*.rs'
+ENV CAREPLAN_AUTH_SIGNING_KEY_FILE=/data/careplan-dev-key.json
 VOLUME ["/data"]
 
 EXPOSE 8080
