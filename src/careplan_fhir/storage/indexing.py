@@ -114,13 +114,31 @@ def parse_reference(text: str) -> tuple[str | None, str | None, str | None, str 
     return None, None, url, version
 
 
-def extract_index_entries(resource: dict[str, Any]) -> IndexEntries:
-    """All index entries of ``resource`` for its type's search parameters."""
-    entries = IndexEntries()
-    for param in parameters_for(resource["resourceType"]).values():
+@functools.cache
+def _index_plan(
+    resource_type: str,
+) -> tuple[tuple[SearchParameter, str, str, bool], ...]:
+    """Per type, each ``(parameter, path, first element name, first is a choice)``."""
+    plan = []
+    for param in parameters_for(resource_type).values():
         for path in param.paths:
-            for value in values_at(resource, path):
-                _add(entries, param, value)
+            name, choice, _, _ = _steps(path)[0]
+            plan.append((param, path, name, choice))
+    return tuple(plan)
+
+
+def extract_index_entries(resource: dict[str, Any]) -> IndexEntries:
+    """All index entries of ``resource`` for its type's search parameters.
+
+    A path whose first element the resource lacks is skipped without walking it: most of a
+    type's parameters name elements a given resource does not have.
+    """
+    entries = IndexEntries()
+    for param, path, first, choice in _index_plan(resource["resourceType"]):
+        if not choice and first not in resource:
+            continue
+        for value in values_at(resource, path):
+            _add(entries, param, value)
     return entries
 
 
