@@ -107,12 +107,7 @@ class Access:
     @property
     def fhir_user_patient(self) -> str | None:
         """The patient id when ``fhirUser`` is a Patient (relative or absolute reference)."""
-        if not self.fhir_user:
-            return None
-        parts = self.fhir_user.rstrip("/").split("/")
-        if len(parts) >= 2 and parts[-2] == "Patient" and parts[-1]:
-            return parts[-1]
-        return None
+        return patient_of(self.fhir_user)
 
     @property
     def confined_patient(self) -> str | None:
@@ -180,13 +175,6 @@ class Access:
             )
         return Decision(resource_type, permission, tuple(grants))
 
-    def allows(self, resource_type: str, interaction: str) -> bool:
-        try:
-            self.decide(resource_type, interaction)
-        except Forbidden:
-            return False
-        return True
-
     def unrestricted_for(self, resource_type: str, interaction: str) -> bool:
         """Whether ``interaction`` on ``resource_type`` needs no filtering at all."""
         try:
@@ -207,6 +195,15 @@ def kind_of(scopes: ScopeSet, patient: str | None, fhir_user: str | None) -> str
     if "system" in contexts:
         return "system"
     if "user" in contexts:
-        access = Access(kind="user", fhir_user=fhir_user)
-        return "patient" if access.fhir_user_patient else "user"
+        return "patient" if patient_of(fhir_user) else "user"
     return "patient"
+
+
+def patient_of(fhir_user: str | None) -> str | None:
+    """The patient id of a ``fhirUser`` that is a Patient (relative or absolute reference)."""
+    if not fhir_user:
+        return None
+    parts = fhir_user.rstrip("/").split("/")
+    if len(parts) >= 2 and parts[-2] == "Patient" and parts[-1]:
+        return parts[-1]
+    return None

@@ -114,19 +114,17 @@ def check_visible(ctx: FhirContext, decision: Decision, stored: StoredResource) 
         raise ResourceNotFound(f"{stored.resource_type}/{stored.id} is not known")
 
 
-def check_version_visible(ctx: FhirContext, decision: Decision, stored: StoredResource) -> None:
-    """404 unless a historical version's own content is in the caller's compartment.
+def version_visible(ctx: FhirContext, decision: Decision, stored: StoredResource) -> bool:
+    """Whether a historical version's own content is in the caller's compartment.
 
     A resource can move between patients (a misfiled record corrected): each version is judged
     by what it says, and the resource as it is now must be visible too.
     """
-    if decision.unrestricted:
-        return
     patients = decision.patients
-    if patients and stored.raw is not None:
-        document = jsonio.loads(stored.raw)
-        if not any(document_in_compartment(document, p, ctx.base_url) for p in patients):
-            raise ResourceNotFound(f"{stored.resource_type}/{stored.id} is not known")
+    if decision.unrestricted or not patients or stored.raw is None:
+        return True
+    document = jsonio.loads(stored.raw)
+    return any(document_in_compartment(document, p, ctx.base_url) for p in patients)
 
 
 def guarded_find(
@@ -147,20 +145,12 @@ def guarded_find(
                 previous = ctx.repository.vread(resource_type, resource_id, str(found.version - 1))
             except FhirError:
                 return decision, None
-            if _version_visible(ctx, decision, previous):
+            if version_visible(ctx, decision, previous):
                 return decision, found
         return decision, None
     if found.pk in visible_pks(ctx, decision, [found.pk]):
         return decision, found
     return decision, None
-
-
-def _version_visible(ctx: FhirContext, decision: Decision, stored: StoredResource) -> bool:
-    try:
-        check_version_visible(ctx, decision, stored)
-    except ResourceNotFound:
-        return False
-    return True
 
 
 def guarded_read(ctx: FhirContext, resource_type: str, resource_id: str) -> StoredResource:
@@ -179,7 +169,8 @@ def guarded_vread(
     if found is None:
         raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
     stored = ctx.repository.vread(resource_type, resource_id, version)
-    check_version_visible(ctx, decision, stored)
+    if not version_visible(ctx, decision, stored):
+        raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
     return stored
 
 
@@ -203,19 +194,8 @@ def filter_included(ctx: FhirContext, included: list[StoredResource]) -> list[St
 
 def filter_versions(ctx: FhirContext, decision: Decision, versions: list[Any]) -> list[Any]:
     """History entries whose content the caller may see (instance history)."""
-    if decision.unrestricted:
-        return versions
-    kept = []
-    for version in versions:
-        if version.raw is None:
-            kept.append(version)  # a delete entry carries no content
-            continue
-        try:
-            check_version_visible(ctx, decision, version)
-        except ResourceNotFound:
-            continue
-        kept.append(version)
-    return kept
+    # A delete entry carries no content, and is kept (version_visible passes it).
+    return [version for version in versions if version_visible(ctx, decision, version)]
 
 
 # -- writes ------------------------------------------------------------------------------------
@@ -261,12 +241,6 @@ def check_patient_task_change(
             "A patient may change only the progress of their own Task (status, statusReason,"
             " businessStatus, executionPeriod, output, note); not " + ", ".join(refused)
         )
-
-
-def require_system(ctx: FhirContext, what: str) -> None:
-    """403 unless the caller is a system client or authorization is off."""
-    if ctx.access.kind not in ("system", "unrestricted"):
-        raise Forbidden(f"{what} is for system clients")
 
 
 def guard_history(ctx: FhirContext, resource_type: str | None, resource_id: str | None) -> Decision:
