@@ -26,9 +26,10 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from careplan_fhir.fhir import jsonio
 from careplan_fhir.fhir.dates import DateFormatError, parse_range
 from careplan_fhir.fhir.profiles import meta_profiles
 from careplan_fhir.guidance.fhir_builder import (
@@ -250,7 +251,7 @@ def _check_quantity(spec: ParameterSpec, value: Any, issues: list[ApplyIssue]) -
     if not isinstance(value, Mapping):
         issues.append(ApplyIssue(name, f"must be a Quantity (value and {allowed}), not {value!r}"))
         return None
-    number = _decimal(value.get("value"))
+    number = jsonio.to_decimal(value.get("value"))
     if number is None:
         issues.append(ApplyIssue(name, f"needs a numeric value, not {value.get('value')!r}"))
         return None
@@ -309,23 +310,9 @@ def parse_parameter(text: str, kind: str = "Quantity") -> Any:
     return text
 
 
-def _decimal(value: Any) -> Decimal | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, Decimal):
-        return value if value.is_finite() else None
-    if isinstance(value, int | float | str):
-        try:
-            number = Decimal(str(value).strip())
-        except InvalidOperation:
-            return None
-        return number if number.is_finite() else None
-    return None
-
-
 def _normal_quantity(quantity: Mapping[str, Any]) -> dict[str, Any]:
     result = dict(quantity)
-    number = _decimal(quantity.get("value"))
+    number = jsonio.to_decimal(quantity.get("value"))
     if number is not None:
         result["value"] = number
     return result
@@ -473,7 +460,8 @@ def _same_quantity(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> 
     if a is None or b is None:
         return False
     return bool(
-        _decimal(a.get("value")) == _decimal(b.get("value")) and a.get("code") == b.get("code")
+        jsonio.to_decimal(a.get("value")) == jsonio.to_decimal(b.get("value"))
+        and a.get("code") == b.get("code")
     )
 
 
@@ -555,7 +543,7 @@ class _Applier:
             repeat.pop("boundsDuration", None)
             applied: dict[str, Any] = {}
             if each is not None:
-                repeat["duration"] = _decimal(each.get("value"))
+                repeat["duration"] = jsonio.to_decimal(each.get("value"))
                 repeat["durationUnit"] = each.get("code")
             bounds_period = {"start": _datetime(begin)}
             if schedule.end is not None:

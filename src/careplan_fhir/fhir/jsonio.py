@@ -6,7 +6,7 @@ FHIR decimals carry their precision in their text (``1.50`` is not ``1.5``). Par
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -64,3 +64,21 @@ def _has_decimal(value: Any) -> bool:
 def fast_loads(data: bytes | str) -> Any:
     """Parse JSON written by this server, where decimals do not matter (index, rewriting)."""
     return orjson.loads(data)
+
+
+def to_decimal(value: Any) -> Decimal | None:
+    """A JSON number (or numeric string) as a finite Decimal; None for anything else.
+
+    Booleans are not numbers here, although Python counts them as ints.
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, Decimal):
+        return value if value.is_finite() else None
+    if isinstance(value, int | float | str):
+        try:
+            number = Decimal(str(value).strip())
+        except InvalidOperation:
+            return None
+        return number if number.is_finite() else None
+    return None

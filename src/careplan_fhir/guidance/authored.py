@@ -15,10 +15,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, TypeVar, cast
 
 import yaml
+
+from careplan_fhir.fhir import jsonio
 
 from .model import (
     INSTRUCTION_KINDS,
@@ -234,7 +236,7 @@ class _Reader:
         value = data.get(key)
         if value is None:
             return None
-        number = _to_decimal(value)
+        number = jsonio.to_decimal(value)
         if number is None or number <= 0:
             self.fail(_join(path, key), "must be a number above 0", _child(node, key))
             return None
@@ -252,7 +254,7 @@ class _Reader:
         unit: Any = None
         if isinstance(value, dict):
             self.mapping(value, node, path, ("value", "unit"), ("value",))
-            number = _to_decimal(value.get("value"))
+            number = jsonio.to_decimal(value.get("value"))
             unit = value.get("unit")
         elif isinstance(value, str):
             match = _QUANTITY_TEXT.match(value)
@@ -260,7 +262,7 @@ class _Reader:
                 number = Decimal(match.group(1))
                 unit = match.group(2)
         elif not isinstance(value, bool):
-            number = _to_decimal(value)
+            number = jsonio.to_decimal(value)
         if number is None:
             self.fail(path, f"{value!r} is not a quantity such as '24 h' or '38.0 Cel'", node)
             return None
@@ -871,16 +873,6 @@ def _quantity_text(quantity: Quantity | None) -> str:
 
 def _number(value: Decimal) -> str:
     return format(value, "f")
-
-
-def _to_decimal(value: Any) -> Decimal | None:
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        return None
-    try:
-        number = Decimal(str(value))
-    except InvalidOperation:
-        return None
-    return number if number.is_finite() else None
 
 
 def _describe(value: Any) -> str:
