@@ -6,7 +6,8 @@ import logging
 import threading
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from careplan_fhir.fhir import jsonio
@@ -211,3 +212,28 @@ def begin_write(connection: Connection, *, wait: bool = True) -> None:
     turn that only the event loop can hand back.
     """
     connection.execution_options(**WRITE_OPTIONS, careplan_write_nowait=not wait)
+
+
+def claim_row(
+    connection: Connection,
+    table: Any,
+    values: dict[str, Any],
+    *,
+    unique: tuple[str, ...],
+    winner: str,
+) -> str | None:
+    """Insert ``values`` into ``table`` in a savepoint, guarded by a unique constraint on
+    ``unique``: None when this insert won, else the ``winner`` column of the row already there.
+
+    The retry-safe "once per key" step of attaching a plan and of recording a check-in: two
+    concurrent callers both insert, one commits, the other reads the winner's row.
+    """
+    try:
+        with connection.begin_nested():
+            connection.execute(insert(table).values(**values))
+    except IntegrityError:
+        found = connection.execute(
+            select(table.c[winner]).where(*(table.c[name] == values[name] for name in unique))
+        ).scalar_one()
+        return str(found)
+    return None

@@ -27,8 +27,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 
 from careplan_fhir.apply.model import ApplyContext, ApplyError, ApplyResult
 from careplan_fhir.errors import InvalidRequest, ResourceNotFound, Unprocessable
@@ -37,6 +36,7 @@ from careplan_fhir.fhir.dates import format_instant, to_naive_utc
 from careplan_fhir.fhir.models import validate_resource
 from careplan_fhir.fhir.outcome import issue
 from careplan_fhir.fhir.profiles import check_declared_profiles
+from careplan_fhir.storage.db import claim_row
 from careplan_fhir.storage.repository import Repository, StoredResource
 from careplan_fhir.storage.search import parse_search, run_search
 from careplan_fhir.storage.tables import CarePlanAttachmentRow
@@ -272,27 +272,17 @@ def _claim(
     moment: datetime,
 ) -> str | None:
     """Insert the attachment row; None when ours, else the id of the plan that won the race."""
-    try:
-        with repository.connection.begin_nested():
-            repository.connection.execute(
-                insert(_attachment).values(
-                    encounter=encounter,
-                    template_url=url,
-                    template_version=version,
-                    careplan_id=care_plan_id,
-                    created=to_naive_utc(moment),
-                )
-            )
-    except IntegrityError:
-        winner = repository.connection.execute(
-            select(_attachment.c.careplan_id).where(
-                _attachment.c.encounter == encounter,
-                _attachment.c.template_url == url,
-                _attachment.c.template_version == version,
-            )
-        ).scalar_one()
-        return str(winner)
-    return None
+    values = {
+        "encounter": encounter,
+        "template_url": url,
+        "template_version": version,
+        "careplan_id": care_plan_id,
+        "created": to_naive_utc(moment),
+    }
+    unique = ("encounter", "template_url", "template_version")
+    return claim_row(
+        repository.connection, _attachment, values, unique=unique, winner="careplan_id"
+    )
 
 
 def stored_plan(repository: Repository, care_plan_id: str) -> list[StoredResource]:

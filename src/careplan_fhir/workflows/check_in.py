@@ -31,12 +31,11 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 
 from careplan_fhir.apply.engine import (
     TEMPLATE_ACTION_URL,
@@ -55,6 +54,7 @@ from careplan_fhir.fhir.profiles import (
     validate_against_profile,
 )
 from careplan_fhir.guidance.fhir_builder import LOINC, PROJECT, UCUM
+from careplan_fhir.storage.db import claim_row
 from careplan_fhir.storage.repository import Repository, StoredResource
 from careplan_fhir.storage.search import parse_search, run_search
 from careplan_fhir.storage.tables import CheckInRow
@@ -319,29 +319,19 @@ def read_answers(
     )
 
 
-def _decimal(value: Any) -> Decimal | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = Decimal(str(value))
-    except InvalidOperation:
-        return None
-    return number if number.is_finite() else None
-
-
 def _temperature(
     answer: Mapping[str, Any], link_id: str, refuse: Callable[[str, str], None]
 ) -> tuple[Decimal | None, str | None]:
     if "valueQuantity" in answer:
         quantity = answer["valueQuantity"] or {}
         code = quantity.get("code")
-        number = _decimal(quantity.get("value"))
+        number = jsonio.to_decimal(quantity.get("value"))
         if code not in TEMPERATURE_UNITS or number is None:
             refuse(link_id, "a Quantity answer needs a value and the UCUM code Cel or [degF]")
             return None, None
         return number, str(code)
     key = "valueDecimal" if "valueDecimal" in answer else "valueInteger"
-    number = _decimal(answer.get(key))
+    number = jsonio.to_decimal(answer.get(key))
     if number is None:
         refuse(link_id, "needs valueDecimal (the temperature)")
     return number, None
@@ -529,11 +519,11 @@ def _answer_value(answer: Mapping[str, Any]) -> list[str]:
         if key == "valueCoding" and isinstance(value, dict):
             values.append(f"{key}={value.get('system') or ''}|{value.get('code') or ''}")
         elif key == "valueQuantity" and isinstance(value, dict):
-            number = _decimal(value.get("value"))
+            number = jsonio.to_decimal(value.get("value"))
             shown = format(number.normalize(), "f") if number is not None else ""
             values.append(f"{key}={shown} {value.get('code') or value.get('unit') or ''}")
         elif key == "valueDecimal":
-            number = _decimal(value)
+            number = jsonio.to_decimal(value)
             values.append(f"{key}={format(number.normalize(), 'f') if number is not None else ''}")
         elif isinstance(value, bool):
             values.append(f"{key}={'true' if value else 'false'}")
@@ -764,21 +754,15 @@ def _claim(
     repository: Repository, key: str, care_plan_id: str, response_id: str, moment: datetime
 ) -> str | None:
     """Insert the check-in row; None when ours, else the response id of the one that won."""
-    try:
-        with repository.connection.begin_nested():
-            repository.connection.execute(
-                insert(_check_in).values(
-                    key=key,
-                    careplan_id=care_plan_id,
-                    questionnaireresponse_id=response_id,
-                    created=to_naive_utc(moment),
-                )
-            )
-    except IntegrityError:
-        winner = _claimed(repository, key)
-        assert winner is not None
-        return winner
-    return None
+    values = {
+        "key": key,
+        "careplan_id": care_plan_id,
+        "questionnaireresponse_id": response_id,
+        "created": to_naive_utc(moment),
+    }
+    return claim_row(
+        repository.connection, _check_in, values, unique=("key",), winner="questionnaireresponse_id"
+    )
 
 
 def _found(
