@@ -104,6 +104,7 @@ def run_sink(url: str, events: list[dict[str, Any]]) -> dict[str, float]:
 
     def produce() -> None:
         for event in events:
+            sink.wait_for_room()
             sink.submit(event)
 
     producer = threading.Thread(target=produce)
@@ -147,9 +148,7 @@ def _ids() -> Any:
 def count_stored(url: str) -> int:
     engine = make_engine(url)
     with engine.connect() as connection:
-        count = connection.execute(
-            text("SELECT count(*) FROM resource WHERE res_type = 'AuditEvent'")
-        ).scalar_one()
+        count = connection.execute(text("SELECT count(*) FROM audit_event")).scalar_one()
     engine.dispose()
     return int(count)
 

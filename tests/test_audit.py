@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import uvicorn
@@ -238,15 +239,13 @@ def test_stopping_the_server_stores_every_queued_event(
     engine = make_engine(database_url)
     try:
         with engine.connect() as connection:
-            count = connection.execute(
-                text("SELECT count(*) FROM resource WHERE res_type = 'AuditEvent'")
-            ).scalar_one()
+            count = connection.execute(text("SELECT count(*) FROM audit_event")).scalar_one()
     finally:
         engine.dispose()
     assert count == 40
 
 
-def test_a_full_queue_makes_the_request_wait_instead_of_dropping(database_url: str) -> None:
+def test_a_full_queue_makes_the_next_request_wait_before_it_runs(database_url: str) -> None:
     engine = make_engine(database_url)
     sink = AuditSink(engine, now=lambda: datetime(2026, 3, 1, tzinfo=UTC), capacity=2)
     event = build_audit_event(
@@ -255,19 +254,76 @@ def test_a_full_queue_makes_the_request_wait_instead_of_dropping(database_url: s
         status=200,
         recorded="2026-03-01T09:00:00Z",
     )
-    sink.submit(event)
-    sink.submit(event)
-    waiting = threading.Thread(target=sink.submit, args=(event,))
-    waiting.start()
-    waiting.join(0.3)
-    assert waiting.is_alive()  # the queue is full and nobody is writing: it waits
+    writing, release = threading.Event(), threading.Event()
+    write = sink._write
+
+    def stalled_write(batch: list[dict[str, object]]) -> None:
+        writing.set()
+        release.wait(30)
+        write(batch)
+
+    sink._write = stalled_write  # type: ignore[method-assign]
     sink.start()
-    waiting.join(30)
-    assert not waiting.is_alive()
+    sink.submit(event)
+    assert writing.wait(10)  # the writer holds that one, stalled
+    sink.submit(event)
+    sink.submit(event)  # two waiting: the queue is at capacity
+
+    async def admitted_within(seconds: float) -> bool:
+        with anyio.move_on_after(seconds):
+            await sink.admit()
+            return True
+        return False
+
+    assert anyio.run(admitted_within, 0.3) is False  # a new request waits: nothing dropped
+    release.set()
+    assert anyio.run(admitted_within, 30) is True
     sink.stop()
     assert sink.written == 3
     assert sink.pending == 0
     engine.dispose()
+
+
+def test_requests_wait_before_running_so_in_flight_stays_bounded(
+    database_url: str, signing_key_file: Path
+) -> None:
+    """The middleware admits before the request: a stalled trail holds requests back, it does
+    not pile up finished ones (which made the load shedder answer 503 to everyone)."""
+    settings = audited_settings(database_url, signing_key_file)
+    with audited_server(settings, signing_key_file) as s:
+        sink = s.sink
+        sink.capacity = 1
+        writing, release = threading.Event(), threading.Event()
+        write = sink._write
+
+        def stalled_write(batch: list[dict[str, object]]) -> None:
+            writing.set()
+            release.wait(30)
+            write(batch)
+
+        sink._write = stalled_write  # type: ignore[method-assign]
+        statuses: list[int] = []
+
+        def call() -> None:
+            statuses.append(s.client.get("/fhir/metadata").status_code)
+
+        first = threading.Thread(target=call)
+        first.start()
+        first.join(10)
+        assert writing.wait(10)
+        # The writer has taken the first event and stalls; the next fills the queue.
+        second = threading.Thread(target=call)
+        second.start()
+        second.join(10)
+        third = threading.Thread(target=call)
+        third.start()
+        third.join(0.5)
+        assert third.is_alive()  # held before it runs
+        release.set()
+        third.join(30)
+        assert statuses == [200, 200, 200]
+        sink.flush()
+        assert sink.written == 3
 
 
 @pytest.mark.parametrize(

@@ -63,9 +63,24 @@ def test_every_advertised_search_parameter_is_understood(client: TestClient) -> 
             response = client.get(url, headers=strict)
             assert response.status_code == 200, (url, response.text)
             assert response.json()["total"] == 0
-        for include in resource["searchInclude"]:
+        for include in resource.get("searchInclude", []):
             response = client.get(f"/fhir/{resource['type']}?_include={include}", headers=strict)
             assert response.status_code == 200, (include, response.text)
+
+
+def test_the_audit_trail_advertises_no_includes_and_refuses_them(client: TestClient) -> None:
+    statement = client.get("/fhir/metadata").json()
+    (audit,) = [r for r in statement["rest"][0]["resource"] if r["type"] == "AuditEvent"]
+    assert "searchInclude" not in audit and "searchRevInclude" not in audit
+    assert {p["name"] for p in audit["searchParam"]} >= {"date", "patient", "agent", "entity"}
+    for url in (
+        "/fhir/AuditEvent?_include=AuditEvent:agent",
+        "/fhir/CarePlan?_revinclude=AuditEvent:entity",
+        "/fhir/Provenance?_include=Provenance:target:AuditEvent",
+    ):
+        response = client.get(url)
+        assert response.status_code == 400, (url, response.text)
+        assert response.json()["resourceType"] == "OperationOutcome"
 
 
 def test_every_advertised_interaction_is_routed(client: TestClient) -> None:

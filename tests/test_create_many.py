@@ -1,5 +1,6 @@
 """``Repository.create_many`` (the audit sink's batch write: COPY on PostgreSQL, the DB-API cursor
-on SQLite) stores exactly the rows ``Repository.create`` stores, apart from keys and ids."""
+on SQLite) stores exactly the rows ``Repository.create`` stores, apart from keys and ids: in the
+generic tables for most types, in the audit trail's own tables for AuditEvents."""
 
 from __future__ import annotations
 
@@ -44,9 +45,23 @@ def documents() -> list[dict[str, Any]]:
     return [event, patient(identifier=[{"system": "urn:mrn", "value": "7"}]), reading]
 
 
-def stored_rows(connection: Any, pk: int) -> dict[str, list[tuple[Any, ...]]]:
+AUDIT_COLUMNS = {
+    "audit_event": "last_updated, recorded_low, recorded_high, type_system, type_code, action,"
+    " outcome, raw",
+    "audit_event_key": "name, system, value, exact",
+}
+
+
+def stored_rows(connection: Any, pk: int, audit: bool = False) -> dict[str, list[tuple[Any, ...]]]:
     found = {}
-    for table, columns in COLUMNS.items():
+    for table, columns in (AUDIT_COLUMNS if audit else COLUMNS).items():
+        if audit:
+            key = "pk" if table == "audit_event" else "event_pk"
+            rows = connection.execute(
+                text(f"SELECT {columns} FROM {table} WHERE {key} = :pk"), {"pk": pk}
+            ).all()
+            found[table] = sorted(tuple(str(v) for v in row) for row in rows)
+            continue
         key = "pk" if table == "resource" else "resource_pk"
         rows = connection.execute(
             text(f"SELECT {columns} FROM {table} WHERE {key} = :pk"), {"pk": pk}
@@ -76,10 +91,11 @@ def test_create_many_stores_the_rows_create_stores(database_url: str) -> None:
         assert [s.resource_type for s in batch] == [s.resource_type for s in singles]
         with engine.connect() as connection:
             for single, batched in zip(singles, batch, strict=True):
-                expected = stored_rows(connection, single.pk)
-                actual = stored_rows(connection, batched.pk)
-                for table in COLUMNS:
-                    if table in ("resource", "resource_version"):
+                audit = single.resource_type == "AuditEvent"
+                expected = stored_rows(connection, single.pk, audit)
+                actual = stored_rows(connection, batched.pk, audit)
+                for table in AUDIT_COLUMNS if audit else COLUMNS:
+                    if table in ("resource", "resource_version", "audit_event"):
                         # raw and content differ by the id only
                         expected[table] = [
                             tuple(v.replace("same-id", "ID") for v in row)
@@ -89,8 +105,10 @@ def test_create_many_stores_the_rows_create_stores(database_url: str) -> None:
                             tuple(v.replace(batched.id, "ID") for v in row) for row in actual[table]
                         ]
                     assert actual[table] == expected[table], table
-                assert expected["resource"], "nothing stored"
-            assert stored_rows(connection, batch[0].pk)["idx_reference"], "AuditEvent not indexed"
+                assert expected["audit_event" if audit else "resource"], "nothing stored"
+            keys = stored_rows(connection, batch[0].pk, audit=True)["audit_event_key"]
+            assert ("patient", "Patient", "p1", "None") in keys, "AuditEvent not indexed"
+            assert ("entity", "CarePlan", "cp1", "None") in keys
             assert stored_rows(connection, batch[2].pk)["idx_quantity"], "quantity not indexed"
     finally:
         engine.dispose()

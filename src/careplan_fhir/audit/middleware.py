@@ -5,7 +5,8 @@ which name the version written or read), lets the request run, then builds the e
 (:func:`careplan_fhir.audit.events.build_audit_event`) from the method, the path, the query, the
 peer address and the caller the authentication middleware left in ``scope["careplan.access"]``,
 and hands it to the :class:`~careplan_fhir.audit.sink.AuditSink`. The response has been sent by
-then: auditing adds no latency, except that a request waits when the sink's queue is full.
+then: auditing adds no latency, except that a request waits before it runs while the sink's
+queue is full (:meth:`~careplan_fhir.audit.sink.AuditSink.admit`).
 
 It sits outside the authentication middleware (so refusals are recorded too) and inside the
 load shedder (503s for load are not access decisions).
@@ -118,17 +119,14 @@ class AuditMiddleware:
                         etag = bytes(value).decode("latin-1")
             await send(message)
 
+        await self.sink.admit()
         try:
             await self.app(scope, receive, watch)
-        except BaseException:
-            # Cancelled or crashed: still an access decision. No awaiting here.
+        finally:
+            # Cancelled or crashed too: still an access decision. No awaiting here.
             event = self._event(scope, interaction, status, location, etag)
             if event is not None:
                 self.sink.submit(event)
-            raise
-        event = self._event(scope, interaction, status, location, etag)
-        if event is not None:
-            await self.sink.submit_async(event)
 
     def _event(
         self,

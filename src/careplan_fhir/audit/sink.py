@@ -7,10 +7,14 @@ other: https://hl7.org/fhir/R4/auditevent.html#search) through
 transaction (500; 200 on SQLite, whose single write turn a batch holds) and at least every
 ``interval`` seconds.
 
-Nothing is dropped: when the queue is full a request waits for room (back-pressure) instead
-of losing its event, a failed batch is written again, and :meth:`AuditSink.stop` writes
-everything still queued before it returns. :meth:`AuditSink.flush` waits until every event
-submitted before it is stored (tests, shutdown).
+Nothing is dropped: when ``capacity`` events are waiting, a new request waits for room before
+it runs (:meth:`AuditSink.admit`, back-pressure) instead of losing its event, a failed batch is
+written again, and :meth:`AuditSink.stop` writes everything still queued before it returns.
+The wait comes before the request, not after its response: a client whose response has been
+sent sends its next request at once, so waiting afterwards let finished requests pile up by
+the hundred, still "in flight", until the load shedder refused everyone with 503s.
+:meth:`AuditSink.flush` waits until every event submitted before it is stored (tests,
+shutdown).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from anyio import to_thread
+import anyio
 from sqlalchemy import Engine
 
 from careplan_fhir.storage.db import begin_write
@@ -60,7 +64,9 @@ class AuditSink:
         # milliseconds only, so a request's create never waits long behind the audit trail.
         self.batch_size = batch_size or (200 if engine.dialect.name == "sqlite" else 500)
         self.interval = interval
-        self._queue: queue.Queue[Event] = queue.Queue(maxsize=capacity)
+        self.capacity = capacity
+        # Unbounded: admission (admit) bounds it to capacity plus the requests in flight.
+        self._queue: queue.Queue[Event] = queue.Queue()
         self._lock = threading.Lock()
         self._progress = threading.Condition(self._lock)
         self._submitted = 0
@@ -75,18 +81,22 @@ class AuditSink:
 
     # -- request side ----------------------------------------------------------------------
 
+    async def admit(self) -> None:
+        """Wait, before a request runs, while ``capacity`` events are waiting to be stored."""
+        while self._queue.qsize() >= self.capacity and self._thread is not None:
+            self._hurry.set()
+            await anyio.sleep(0.002)
+
     def submit(self, event: Event) -> None:
-        """Queue ``event``; blocks while the queue is full (call from a thread, not the loop)."""
-        self._queue.put(event)
+        """Queue ``event`` (never blocks: :meth:`admit` is the back-pressure)."""
+        self._queue.put_nowait(event)
         self._count_submitted()
 
-    async def submit_async(self, event: Event) -> None:
-        """Queue ``event`` from the event loop: at once, or in a thread while the queue is full."""
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            await to_thread.run_sync(self._queue.put, event)
-        self._count_submitted()
+    def wait_for_room(self, timeout: float = 60.0) -> None:
+        """:meth:`admit` for producers in threads (benchmarks, tests)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.qsize() >= self.capacity and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def _count_submitted(self) -> None:
         with self._lock:

@@ -41,24 +41,18 @@ topic token topic
 context-type token useContext.code
 effective date effectivePeriod
 """,
-    # https://hl7.org/fhir/R4/auditevent.html#search (every R4 parameter)
+    # https://hl7.org/fhir/R4/auditevent.html#search: the parameters the audit trail's own
+    # table answers (careplan_fhir/storage/audit_log.py); none of the common _tag, _profile
+    # or _security (the server's events carry no meta beyond id and lastUpdated).
     "AuditEvent": """
 action token action
 address string agent.network.address
 agent reference agent.who
-agent-name string agent.name
-agent-role token agent.role
 altid token agent.altId
 date date recorded
 entity reference entity.what
-entity-name string entity.name
-entity-role token entity.role
-entity-type token entity.type
 outcome token outcome
 patient reference agent.who|entity.what Patient
-policy uri agent.policy
-site token source.site
-source reference source.observer
 subtype token subtype
 type token type
 """,
@@ -427,10 +421,15 @@ def _parse(resource_type: str, text: str) -> dict[str, SearchParameter]:
     return params
 
 
+#: Types stored outside the generic resource and index tables, whose parameters are
+#: exactly those listed for them (the audit trail: careplan_fhir/storage/audit_log.py).
+OWN_STORAGE = frozenset({"AuditEvent"})
+
+
 @functools.cache
 def parameters_for(resource_type: str) -> dict[str, SearchParameter]:
     """All indexed search parameters of ``resource_type``, by name (common ones included)."""
-    params = _parse(resource_type, COMMON)
+    params = {} if resource_type in OWN_STORAGE else _parse(resource_type, COMMON)
     params.update(_parse(resource_type, _DEFINITIONS.get(resource_type, "")))
     return params
 

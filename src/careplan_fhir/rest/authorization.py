@@ -26,6 +26,8 @@ from careplan_fhir.auth.access import Access, Decision, Grant
 from careplan_fhir.auth.compartment import compartment_criterion, document_in_compartment
 from careplan_fhir.errors import FhirError, Forbidden, ResourceNotFound
 from careplan_fhir.fhir import jsonio
+from careplan_fhir.storage.audit_log import AUDIT_TYPE
+from careplan_fhir.storage.audit_search import audit_any_of, visible_event_pks
 from careplan_fhir.storage.repository import StoredResource
 from careplan_fhir.storage.search import Criterion, SearchRequest, parse_search, resource_table
 
@@ -75,6 +77,8 @@ def decision_criterion(ctx: FhirContext, decision: Decision) -> list[Criterion]:
         for c in (_grant_criteria(ctx, decision.resource_type, g) for g in decision.grants)
         if c is not None
     ]
+    if decision.resource_type == AUDIT_TYPE:  # criteria on the audit trail's own table
+        return per_grant[0] if len(per_grant) == 1 else [audit_any_of(per_grant)]  # type: ignore[list-item]
     if len(per_grant) == 1:
         return per_grant[0]
     if not per_grant:
@@ -99,6 +103,8 @@ def visible_pks(ctx: FhirContext, decision: Decision, pks: Iterable[int]) -> set
         return set()
     if decision.unrestricted:
         return set(wanted)
+    if decision.resource_type == AUDIT_TYPE:
+        return visible_event_pks(ctx.connection, wanted, decision_criterion(ctx, decision))
     resource = resource_table()
     conditions = [resource.c.pk.in_(wanted), resource.c.res_type == decision.resource_type]
     conditions.extend(c.exists() for c in decision_criterion(ctx, decision))

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from careplan_fhir import __version__
 from careplan_fhir.fhir.models import SERVED_TYPES
 from careplan_fhir.fhir.profiles import supported_profiles
-from careplan_fhir.fhir.search_parameters import SPECIAL_PARAMETERS, parameters_for
+from careplan_fhir.fhir.search_parameters import OWN_STORAGE, SPECIAL_PARAMETERS, parameters_for
 
 from .context import ContextDep
 
@@ -180,6 +180,9 @@ def _resources() -> list[dict[str, Any]]:
                 "searchParam": _search_params(resource_type),
             }
         )
+        if resource_type in OWN_STORAGE:
+            # The audit trail's own table: no includes either way (storage/audit_search.py).
+            del resources[-1]["searchInclude"], resources[-1]["searchRevInclude"]
         if resource_type in supported_profiles():
             resources[-1]["supportedProfile"] = supported_profiles()[resource_type]
         resources[-1]["operation"] = TYPE_OPERATIONS.get(resource_type, []) + ALL_TYPE_OPERATIONS

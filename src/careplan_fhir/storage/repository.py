@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from careplan_fhir.errors import (
     InvalidRequest,
+    MethodNotAllowed,
     PreconditionFailed,
     ResourceConflict,
     ResourceGone,
@@ -26,6 +27,7 @@ from careplan_fhir.errors import (
 from careplan_fhir.fhir import jsonio
 from careplan_fhir.fhir.dates import format_instant
 
+from .audit_log import AUDIT_TYPE, AuditLog
 from .indexing import IndexEntries, extract_index_entries
 from .tables import (
     DateIndexRow,
@@ -145,11 +147,18 @@ class Repository:
         )
         self.now = now
         self.new_id = new_id
+        self._audit = AuditLog(connection)
 
     # -- reads -----------------------------------------------------------------------------
 
     def find(self, resource_type: str, resource_id: str) -> StoredResource | None:
         """The current version (deleted ones included), or None if the id never existed."""
+        if resource_type == AUDIT_TYPE:
+            event = self._audit.find(resource_id)
+            if event is None:
+                return None
+            pk, last_updated, raw = event
+            return StoredResource(pk, AUDIT_TYPE, resource_id, 1, last_updated, raw, False, "POST")
         row = self.connection.execute(_FIND, {"b_type": resource_type, "b_id": resource_id}).first()
         if row is None:
             return None
@@ -170,6 +179,12 @@ class Repository:
         """One version; 404 if it never existed, 410 if that version is a delete."""
         if not version.isdigit():
             raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version!r}")
+        if resource_type == AUDIT_TYPE:
+            # An AuditEvent never changes: version 1 is its only one.
+            event = self.find(resource_type, resource_id) if int(version) == 1 else None
+            if event is None:
+                raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version}")
+            return event
         row = self.connection.execute(
             select(_version).where(
                 _version.c.res_type == resource_type,
@@ -223,6 +238,11 @@ class Repository:
         moment = self.now()
         raw = stamp(document, resource_id, 1, moment)
         stored_moment = _naive(moment)
+        if resource_type == AUDIT_TYPE:
+            pk = self._audit.insert(resource_id, stored_moment, raw, document)
+            return StoredResource(
+                pk, resource_type, resource_id, 1, stored_moment, raw, False, "POST"
+            )
         values = {
             "res_type": resource_type,
             "res_id": resource_id,
@@ -261,6 +281,8 @@ class Repository:
         """
         if not documents:
             return []
+        if any(document["resourceType"] == AUDIT_TYPE for document in documents):
+            return self._create_many_mixed(documents)
         if self._sqlite is None and self.connection.dialect.name != "postgresql":
             return [self.create(document) for document in documents]
         prepared: list[tuple[dict[str, Any], dict[str, Any]]] = []
@@ -296,6 +318,29 @@ class Repository:
             for pk, (_, values) in zip(pks, prepared, strict=True)
         ]
 
+    def _create_many_mixed(self, documents: list[dict[str, Any]]) -> list[StoredResource]:
+        """:meth:`create_many` when AuditEvents are among the documents (the audit sink's
+        batches are nothing else): those go to the audit trail's table, the rest as usual."""
+        events = [d for d in documents if d["resourceType"] == AUDIT_TYPE]
+        others = [d for d in documents if d["resourceType"] != AUDIT_TYPE]
+        stored_others = iter(self.create_many(others))
+        prepared = []
+        for document in events:
+            resource_id = self.new_id()
+            moment = self.now()
+            prepared.append(
+                (resource_id, _naive(moment), stamp(document, resource_id, 1, moment), document)
+            )
+        pks = iter(self._audit.insert_many(prepared))
+        stored_events = iter(
+            StoredResource(next(pks), AUDIT_TYPE, resource_id, 1, moment, raw, False, "POST")
+            for resource_id, moment, raw, _ in prepared
+        )
+        return [
+            next(stored_events) if d["resourceType"] == AUDIT_TYPE else next(stored_others)
+            for d in documents
+        ]
+
     def update(
         self,
         document: dict[str, Any],
@@ -307,6 +352,9 @@ class Repository:
         """Update (or create with the client's id); returns the new version and ``created``."""
         resource_type = document["resourceType"]
         current = self.find(resource_type, resource_id)
+        if current is not None:
+            # Recording an AuditEvent under the client's id is a create; changing one is not.
+            _refuse_audit_change(resource_type, "update")
         if current is None:
             if if_match is not None:
                 raise PreconditionFailed(
@@ -339,6 +387,7 @@ class Repository:
         self, resource_type: str, resource_id: str, *, if_match: int | None = None
     ) -> StoredResource | None:
         """Delete (a new version without content); None when there was nothing to delete."""
+        _refuse_audit_change(resource_type, "delete")
         current = self.find(resource_type, resource_id)
         if current is None or current.deleted:
             if if_match is not None:
@@ -377,6 +426,20 @@ class Repository:
         ``upto_pk`` pins the history to the versions that existed when the first page was read,
         so later pages neither repeat nor skip entries while others write.
         """
+        if resource_type == AUDIT_TYPE:
+            events, total, snapshot = self._audit.history(
+                resource_id,
+                since=_naive(since) if since is not None else None,
+                at=_naive(at) if at is not None else None,
+                count=count,
+                offset=offset,
+                upto_pk=upto_pk,
+            )
+            page = [
+                StoredResource(pk, AUDIT_TYPE, event_id, 1, moment, raw, False, "POST")
+                for pk, event_id, moment, raw in events
+            ]
+            return page, total, snapshot
         conditions = []
         if resource_type:
             conditions.append(_version.c.res_type == resource_type)
@@ -667,6 +730,12 @@ def _copy(cursor: Any, table: str, columns: tuple[str, ...], rows: list[tuple[An
 @functools.cache
 def _sqlite_writer(dialect: Any) -> _SqliteCreate:
     return _SqliteCreate(dialect)
+
+
+def _refuse_audit_change(resource_type: str, interaction: str) -> None:
+    """The audit trail is append-only (authorization refuses first; this is the backstop)."""
+    if resource_type == AUDIT_TYPE:
+        raise MethodNotAllowed(f"The audit trail is append-only: no {interaction} on AuditEvent")
 
 
 def _naive(moment: datetime) -> datetime:

@@ -34,6 +34,7 @@ from sqlalchemy import (
 from careplan_fhir.errors import InvalidRequest
 from careplan_fhir.fhir.dates import DateFormatError, parse_range, to_naive_utc, utc_now
 from careplan_fhir.fhir.search_parameters import (
+    OWN_STORAGE,
     SPECIAL_PARAMETERS,
     SearchParameter,
     parameters_for,
@@ -221,6 +222,16 @@ def parse_search(
     strict: bool = False,
 ) -> SearchRequest:
     """Turn query parameters into a :class:`SearchRequest`; unknown ones are ignored or 400."""
+    if resource_type in OWN_STORAGE:  # the audit trail: its own table (audit_search.py)
+        from .audit_search import parse_audit_search
+
+        return parse_audit_search(
+            params,
+            base_url=base_url,
+            default_count=default_count,
+            max_count=max_count,
+            strict=strict,
+        )
     request = SearchRequest(resource_type, count=default_count, base_url=base_url.rstrip("/"))
     known = parameters_for(resource_type)
     for raw_name, value in params:
@@ -285,6 +296,8 @@ def _parse_include(value: str, modifier: str, *, reverse: bool) -> Include:
         raise InvalidRequest(f"_include/_revinclude value {value!r} is not Type:param[:Target]")
     source_type, param = parts[0], parts[1]
     target = parts[2] if len(parts) == 3 else None
+    if source_type in OWN_STORAGE or target in OWN_STORAGE:
+        raise InvalidRequest(f"{value!r}: AuditEvents cannot be included in a search")
     if modifier not in ("", "iterate", "recurse"):
         raise InvalidRequest(f"Unknown modifier :{modifier} on _include")
     if param != "*":
@@ -626,6 +639,10 @@ def _keyset(
 
 def run_search(repository: Repository, request: SearchRequest) -> SearchResult:
     """Run ``request``: one page of matches, the total and the included resources."""
+    if request.resource_type in OWN_STORAGE:  # the audit trail: its own table
+        from .audit_search import run_audit_search
+
+        return run_audit_search(repository.connection, request)
     connection: Connection = repository.connection
     base_conditions = _where(request)
 

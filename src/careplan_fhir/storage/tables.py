@@ -227,3 +227,54 @@ class PortalInvitationRow(SQLModel, table=True):
     revoked: datetime | None = Field(default=None, sa_column=Column(DateTime, nullable=True))
     #: Who invited (the token's client id or subject), for the record.
     issued_by: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+
+
+class AuditEventRow(SQLModel, table=True):
+    """One AuditEvent: the audit trail's own append-only table (storage/audit_log.py).
+
+    An AuditEvent is written once per request and never changed (the trail is append-only),
+    so it needs neither the ``resource``/``resource_version`` pair nor a dozen generic index
+    rows: its single-valued search values are columns here, its repeating ones
+    (:class:`AuditEventKeyRow`) a few narrow rows beside it.
+    """
+
+    __tablename__ = "audit_event"
+    __table_args__ = (
+        UniqueConstraint("res_id", name="uq_audit_event_id"),
+        Index("ix_audit_event_recorded", "recorded_low"),
+        Index("ix_audit_event_updated", "last_updated"),
+    )
+
+    pk: int | None = Field(default=None, primary_key=True)
+    res_id: str = Field(sa_column=Column(String(64), nullable=False))
+    last_updated: datetime = Field(sa_column=Column(DateTime, nullable=False))
+    #: ``recorded`` as the half-open UTC range ``[low, high)`` of its precision.
+    recorded_low: datetime | None = Field(default=None, sa_column=Column(DateTime, nullable=True))
+    recorded_high: datetime | None = Field(default=None, sa_column=Column(DateTime, nullable=True))
+    type_system: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+    type_code: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+    action: str | None = Field(default=None, sa_column=Column(String(8), nullable=True))
+    outcome: str | None = Field(default=None, sa_column=Column(String(8), nullable=True))
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class AuditEventKeyRow(SQLModel, table=True):
+    """A repeating search value of an AuditEvent: ``name`` is the search parameter.
+
+    Tokens keep their system and code (``subtype``, ``altid``); references their target type
+    and id (``agent``, ``entity``, ``patient``); ``address`` its case- and accent-folded text in
+    ``value`` and the text as sent in ``exact``.
+    """
+
+    __tablename__ = "audit_event_key"
+    __table_args__ = (
+        Index("ix_audit_event_key_lookup", "name", "value", "system"),
+        Index("ix_audit_event_key_event", "event_pk"),
+    )
+
+    pk: int | None = Field(default=None, primary_key=True)
+    event_pk: int = Field(foreign_key="audit_event.pk", nullable=False)
+    name: str = Field(sa_column=Column(String(32), nullable=False))
+    system: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+    value: str = Field(sa_column=Column(String(255), nullable=False))
+    exact: str | None = Field(default=None, sa_column=Column(String(1000), nullable=True))

@@ -1,0 +1,517 @@
+"""The audit trail's own storage: AuditEvents in an append-only table of their own.
+
+Every request writes one AuditEvent (careplan_fhir/audit/), so the trail is by far the most
+written "resource type", and its events are immutable: never updated, never deleted
+(``SYSTEM_ONLY_TYPES`` in careplan_fhir/auth/access.py). Stored like any other type, each event
+cost a ``resource`` row, a ``resource_version`` row holding the same bytes again, and a dozen
+generic index rows found by walking every AuditEvent search path; the audit writer spent more
+time on that than the server spent answering the request being audited. Here an event is:
+
+* one ``audit_event`` row: its bytes as served, its id, when it was stored, and the values of
+  its single-valued search parameters (``date``, ``type``, ``action``, ``outcome``) as columns;
+* a few ``audit_event_key`` rows, one per value of its repeating ones (``subtype``, ``agent``,
+  ``altid``, ``entity``, ``patient``, ``address``), extracted by hand from the known shape of an
+  AuditEvent instead of by the generic path walker.
+
+The FHIR API is unchanged for the interactions the trail allows: create (system clients may
+record their own events), read, vread (version 1 is the only one), search by the parameters in
+:data:`careplan_fhir.fhir.search_parameters` for AuditEvent, and instance and type history.
+AuditEvents are not part of system-wide history (``GET [base]/_history``) and cannot be
+``_include``\\ d or ``_revinclude``\\ d; docs/audit.md says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    exists,
+    false,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+)
+from sqlalchemy.exc import IntegrityError
+
+from careplan_fhir.errors import InvalidRequest, ResourceConflict
+from careplan_fhir.fhir.dates import DateFormatError, parse_range
+
+from .indexing import normalise_string, parse_reference
+from .tables import AuditEventKeyRow, AuditEventRow
+
+AUDIT_TYPE = "AuditEvent"
+
+_event = AuditEventRow.__table__  # type: ignore[attr-defined]
+_key = AuditEventKeyRow.__table__  # type: ignore[attr-defined]
+
+_INSERT_EVENT = insert(_event).returning(_event.c.pk)
+_EVENT_COLUMNS = (
+    "res_id",
+    "last_updated",
+    "recorded_low",
+    "recorded_high",
+    "type_system",
+    "type_code",
+    "action",
+    "outcome",
+    "raw",
+)
+_KEY_COLUMNS = ("event_pk", "name", "system", "value", "exact")
+
+#: A reference outside this server (an absolute URL) is kept whole, under this "type".
+URL_SYSTEM = "#url"
+
+Key = tuple[str, str | None, str, str | None]
+
+
+def event_table() -> Any:
+    """The ``audit_event`` table (for authorization and search code outside this module)."""
+    return _event
+
+
+# -- extraction ------------------------------------------------------------------------------
+
+
+def _text(value: Any, length: int = 255) -> str | None:
+    return value[:length] if isinstance(value, str) and value else None
+
+
+def _reference_keys(name: str, value: Any) -> list[Key]:
+    """``name`` keys of a Reference: ``(Type, id)``, plus ``patient`` when it is a Patient."""
+    reference = value.get("reference") if isinstance(value, dict) else None
+    if not isinstance(reference, str):
+        return []
+    target_type, target_id, url, _ = parse_reference(reference)
+    if url is not None:
+        return [(name, URL_SYSTEM, url[:255], None)]
+    if target_type is None or target_id is None:
+        return []
+    keys: list[Key] = [(name, target_type, target_id, None)]
+    if target_type == "Patient":
+        keys.append(("patient", "Patient", target_id, None))
+    return keys
+
+
+def search_values(document: dict[str, Any]) -> tuple[dict[str, Any], list[Key]]:
+    """The column values and key rows of an AuditEvent's search parameters.
+
+    The same values the generic indexer took from the paths of
+    https://hl7.org/fhir/R4/auditevent.html#search for the parameters this server supports.
+    """
+    columns: dict[str, Any] = {"recorded_low": None, "recorded_high": None}
+    event_type = document.get("type")
+    if isinstance(event_type, dict):
+        columns["type_system"] = _text(event_type.get("system"))
+        columns["type_code"] = _text(event_type.get("code"))
+    else:
+        columns["type_system"] = columns["type_code"] = None
+    columns["action"] = _text(document.get("action"), 8)
+    columns["outcome"] = _text(document.get("outcome"), 8)
+    recorded = document.get("recorded")
+    if isinstance(recorded, str):
+        with contextlib.suppress(DateFormatError):  # unparsable: found by no date search
+            columns["recorded_low"], columns["recorded_high"] = parse_range(recorded)
+    keys: list[Key] = []
+    for coding in document.get("subtype") or ():
+        if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+            keys.append(("subtype", _text(coding.get("system")), coding["code"][:255], None))
+    for agent in document.get("agent") or ():
+        if not isinstance(agent, dict):
+            continue
+        keys.extend(_reference_keys("agent", agent.get("who")))
+        alt_id = _text(agent.get("altId"))
+        if alt_id:
+            keys.append(("altid", None, alt_id, None))
+        network = agent.get("network")
+        address = network.get("address") if isinstance(network, dict) else None
+        if isinstance(address, str) and address:
+            keys.append(("address", None, normalise_string(address), address[:1000]))
+    for entity in document.get("entity") or ():
+        if isinstance(entity, dict):
+            keys.extend(_reference_keys("entity", entity.get("what")))
+    return columns, list(dict.fromkeys(keys))
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+class AuditLog:
+    """AuditEvents over one connection (the caller owns the transaction)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def insert(
+        self, resource_id: str, moment: datetime, raw: bytes, document: dict[str, Any]
+    ) -> int:
+        """Store one event (``raw`` already stamped with id and meta); its primary key."""
+        columns, keys = search_values(document)
+        values = {"res_id": resource_id, "last_updated": moment, "raw": raw, **columns}
+        try:
+            with self.connection.begin_nested():
+                pk = int(self.connection.execute(_INSERT_EVENT, values).scalar_one())
+        except IntegrityError:
+            raise ResourceConflict(f"{AUDIT_TYPE}/{resource_id} already exists") from None
+        self._insert_keys([(pk, keys)])
+        return pk
+
+    def insert_many(
+        self, events: Sequence[tuple[str, datetime, bytes, dict[str, Any]]]
+    ) -> list[int]:
+        """Store many events with one statement per table where the driver allows it."""
+        if not events:
+            return []
+        extracted = [search_values(document) for _, _, _, document in events]
+        rows = [
+            (resource_id, moment, raw, *(columns[c] for c in _EVENT_COLUMNS[2:-1]))
+            for (resource_id, moment, raw, _), (columns, _) in zip(events, extracted, strict=True)
+        ]
+        pks = self._insert_events(rows)
+        self._insert_keys([(pk, keys) for pk, (_, keys) in zip(pks, extracted, strict=True)])
+        return pks
+
+    def _insert_events(self, rows: list[tuple[Any, ...]]) -> list[int]:
+        if self.connection.dialect.name == "postgresql":
+            return self._postgres_copy(rows)
+        return self._sqlite_insert(rows)
+
+    def _sqlite_insert(self, rows: list[tuple[Any, ...]]) -> list[int]:
+        """SQLite: one ``executemany`` through the DB-API cursor, keys numbered here.
+
+        The write transaction (BEGIN IMMEDIATE) holds the only write turn on the file, so the
+        keys after the largest one are free; numbering them spares a RETURNING per row.
+        Timestamps go through the dialect's own processor, so they are stored exactly as
+        SQLAlchemy stores (and reads back) every other DateTime column.
+        """
+        connection = self.connection
+        if not connection.in_transaction():
+            connection.begin()
+        stamp = _datetime_processor(connection)
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute("SELECT coalesce(max(pk), 0) FROM audit_event")
+            first = int(cursor.fetchone()[0]) + 1  # type: ignore[index]
+            pks = list(range(first, first + len(rows)))
+            cursor.executemany(
+                "INSERT INTO audit_event (pk, res_id, last_updated, raw, recorded_low,"
+                " recorded_high, type_system, type_code, action, outcome)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (pk, resource_id, stamp(moment), raw, stamp(low), stamp(high), *rest)
+                    for pk, (resource_id, moment, raw, low, high, *rest) in zip(
+                        pks, rows, strict=True
+                    )
+                ],
+            )
+            return pks
+        finally:
+            cursor.close()
+
+    def _postgres_copy(self, rows: list[tuple[Any, ...]]) -> list[int]:
+        """PostgreSQL: keys drawn from the sequence at once, the rows sent with one ``COPY``."""
+        connection = self.connection
+        if not connection.in_transaction():
+            connection.begin()
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence('audit_event', 'pk'))"
+                " FROM generate_series(1, %s)",
+                (len(rows),),
+            )
+            pks = [int(row[0]) for row in cursor.fetchall()]
+            columns = (
+                "pk, res_id, last_updated, raw, recorded_low, recorded_high, type_system,"
+                " type_code, action, outcome"
+            )
+            with cursor.copy(f"COPY audit_event ({columns}) FROM STDIN") as copy:
+                for pk, row in zip(pks, rows, strict=True):
+                    copy.write_row((pk, *row))
+            return pks
+        finally:
+            cursor.close()
+
+    def _insert_keys(self, keyed: list[tuple[int, list[Key]]]) -> None:
+        rows = [(pk, *key) for pk, keys in keyed for key in keys]
+        if not rows:
+            return
+        connection = self.connection
+        if connection.dialect.name == "postgresql":
+            cursor = connection.connection.cursor()
+            try:
+                with cursor.copy(
+                    f"COPY audit_event_key ({', '.join(_KEY_COLUMNS)}) FROM STDIN"
+                ) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            finally:
+                cursor.close()
+            return
+        cursor = connection.connection.cursor()
+        try:
+            cursor.executemany(
+                "INSERT INTO audit_event_key (event_pk, name, system, value, exact)"
+                " VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+        finally:
+            cursor.close()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def find(self, resource_id: str) -> tuple[int, datetime, bytes] | None:
+        """``(pk, last_updated, raw)`` of the event, or None."""
+        row = self.connection.execute(
+            select(_event.c.pk, _event.c.last_updated, _event.c.raw).where(
+                _event.c.res_id == resource_id
+            )
+        ).first()
+        return None if row is None else (row.pk, row.last_updated, bytes(row.raw))
+
+    def history(
+        self,
+        resource_id: str | None,
+        *,
+        since: datetime | None,
+        at: datetime | None,
+        count: int,
+        offset: int,
+        upto_pk: int | None,
+    ) -> tuple[list[tuple[int, str, datetime, bytes]], int, int]:
+        """Events newest first (each its one version): ``(page, total, snapshot_pk)``."""
+        conditions: list[ColumnElement[bool]] = []
+        if resource_id is not None:
+            conditions.append(_event.c.res_id == resource_id)
+        if since is not None:
+            conditions.append(_event.c.last_updated >= since)
+        if at is not None:
+            conditions.append(_event.c.last_updated <= at)
+        if upto_pk is None:
+            upto_pk = (
+                self.connection.execute(select(func.max(_event.c.pk)).where(*conditions)).scalar()
+                or 0
+            )
+        conditions.append(_event.c.pk <= upto_pk)
+        total = self.connection.execute(
+            select(func.count()).select_from(_event).where(*conditions)
+        ).scalar_one()
+        rows = self.connection.execute(
+            select(_event.c.pk, _event.c.res_id, _event.c.last_updated, _event.c.raw)
+            .where(*conditions)
+            .order_by(_event.c.pk.desc())
+            .limit(count)
+            .offset(offset)
+        ).all()
+        return [(r.pk, r.res_id, r.last_updated, bytes(r.raw)) for r in rows], int(total), upto_pk
+
+
+def _datetime_processor(connection: Connection) -> Callable[[Any], Any]:
+    from sqlalchemy import DateTime
+
+    dialect = connection.dialect
+    process = DateTime().dialect_impl(dialect).bind_processor(dialect)
+    if process is None:
+        return lambda value: value
+    return lambda value: None if value is None else process(value)
+
+
+def naive_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+# -- search criteria -------------------------------------------------------------------------
+
+#: Single-valued token parameters kept as columns: ``(system column or None, code column)``.
+_TOKEN_COLUMNS = {
+    "type": ("type_system", "type_code"),
+    "action": (None, "action"),
+    "outcome": (None, "outcome"),
+}
+#: Repeating parameters kept as key rows, by search-parameter type.
+_KEY_PARAMETERS = {
+    "subtype": "token",
+    "altid": "token",
+    "agent": "reference",
+    "entity": "reference",
+    "patient": "reference",
+    "address": "string",
+}
+#: What each parameter type takes after the colon.
+_MODIFIERS = {
+    "token": {"", "not", "missing"},
+    "reference": {"", "missing"},
+    "string": {"", "exact", "contains", "missing"},
+    "date": {"", "missing"},
+}
+
+
+def _keys(name: str, *criteria: ColumnElement[bool]) -> Any:
+    return select(_key.c.event_pk).where(_key.c.name == name, *criteria)
+
+
+def _token_parts(item: str, split_pipe: Callable[[str], list[str]]) -> tuple[str | None, str, str]:
+    """``(system or None, code, form)``: form is ``code``, ``both``, ``nosystem`` or ``system``."""
+    parts = split_pipe(item)
+    if len(parts) == 1:
+        return None, parts[0], "code"
+    system, code = parts
+    if system == "":
+        return None, code, "nosystem"
+    if code == "":
+        return system, "", "system"
+    return system, code, "both"
+
+
+def audit_condition(
+    name: str,
+    modifier: str,
+    items: list[str],
+    *,
+    base_url: str,
+    split_pipe: Callable[[str], list[str]],
+    unescape: Callable[[str], str],
+    escape_like: Callable[[str], str],
+    date_range: Callable[[str, str], tuple[datetime, datetime]],
+    split_prefix: Callable[[str], tuple[str, str]],
+) -> ColumnElement[bool]:
+    """One AuditEvent search parameter as a predicate on ``audit_event`` rows.
+
+    ``items`` are its comma-separated values, still escaped; the parsing helpers are the
+    generic search's (careplan_fhir.storage.search), passed in so both read values alike.
+    """
+    if name == "date":
+        kind = "date"
+    elif name in _TOKEN_COLUMNS:
+        kind = "token"
+    else:
+        kind = _KEY_PARAMETERS[name]
+    target_type: str | None = None
+    if kind == "reference" and modifier[:1].isupper():
+        target_type, modifier = modifier, ""
+    if modifier not in _MODIFIERS[kind]:
+        raise InvalidRequest(f"Modifier :{modifier} is not supported on {name}")
+    if name == "patient":
+        target_type = "Patient"
+    if modifier == "missing":
+        if items != ["true"] and items != ["false"]:
+            raise InvalidRequest(f"{name}:missing must be true or false")
+        present = _present(name, kind)
+        return not_(present) if items == ["true"] else present
+    alternatives = []
+    for item in items:
+        if item == "":
+            raise InvalidRequest(f"Empty value for search parameter {name}")
+        if kind == "date":
+            prefix, text = split_prefix(unescape(item))
+            alternatives.append(_recorded_condition(prefix, *date_range(text, name)))
+        elif kind == "token":
+            alternatives.append(_token_condition(name, item, split_pipe))
+        elif kind == "reference":
+            alternatives.append(_reference_condition(name, item, target_type, base_url, split_pipe))
+        else:
+            text = unescape(item)
+            if modifier == "exact":
+                matched = _key.c.exact == text
+            else:
+                pattern = escape_like(normalise_string(text))
+                pattern = f"%{pattern}%" if modifier == "contains" else f"{pattern}%"
+                matched = _key.c.value.like(pattern, escape="\\")
+            alternatives.append(_event.c.pk.in_(_keys(name, matched)))
+    condition = or_(*alternatives)
+    return not_(condition) if modifier == "not" else condition
+
+
+def _recorded_condition(prefix: str, p_low: datetime, p_high: datetime) -> ColumnElement[bool]:
+    """``recorded`` (a range ``[low, high)``) against the value's range, per prefix
+    (https://hl7.org/fhir/R4/search.html#prefix), as the generic date search compares."""
+    low, high = _event.c.recorded_low, _event.c.recorded_high
+    contained = and_(low >= p_low, high <= p_high)
+    comparisons: dict[str, ColumnElement[bool]] = {
+        "eq": contained,
+        "ne": not_(contained),
+        "gt": high > p_high,
+        "lt": low < p_low,
+        "ge": or_(high > p_high, contained),
+        "le": or_(low < p_low, contained),
+        "sa": low >= p_high,
+        "eb": high <= p_low,
+    }
+    if prefix not in comparisons:
+        raise InvalidRequest(f"date: prefix {prefix!r} is not supported on AuditEvent")
+    return and_(low.is_not(None), comparisons[prefix])
+
+
+def _present(name: str, kind: str) -> ColumnElement[bool]:
+    if kind == "date":
+        return _event.c.recorded_low.is_not(None)  # type: ignore[no-any-return]
+    if name in _TOKEN_COLUMNS:
+        return _event.c[_TOKEN_COLUMNS[name][1]].is_not(None)  # type: ignore[no-any-return]
+    found = _keys(name).where(_key.c.event_pk == _event.c.pk)
+    return exists(found)
+
+
+def _token_condition(
+    name: str, item: str, split_pipe: Callable[[str], list[str]]
+) -> ColumnElement[bool]:
+    system, code, form = _token_parts(item, split_pipe)
+    if name in _TOKEN_COLUMNS:
+        system_name, code_name = _TOKEN_COLUMNS[name]
+        code_column = _event.c[code_name]
+        system_column = _event.c[system_name] if system_name else None
+        if form == "code":
+            return code_column == code  # type: ignore[no-any-return]
+        if system_column is None:  # a plain code: it has no system
+            return code_column == code if form == "nosystem" else false()
+        if form == "nosystem":
+            return and_(system_column.is_(None), code_column == code)
+        if form == "system":
+            return system_column == system  # type: ignore[no-any-return]
+        return and_(system_column == system, code_column == code)
+    if form == "code":
+        matched = _key.c.value == code
+    elif form == "nosystem":
+        matched = and_(_key.c.system.is_(None), _key.c.value == code)
+    elif form == "system":
+        matched = _key.c.system == system
+    else:
+        matched = and_(_key.c.system == system, _key.c.value == code)
+    return _event.c.pk.in_(_keys(name, matched))  # type: ignore[no-any-return]
+
+
+def _reference_condition(
+    name: str,
+    item: str,
+    target_type: str | None,
+    base_url: str,
+    split_pipe: Callable[[str], list[str]],
+) -> ColumnElement[bool]:
+    text = split_pipe(item)[0]
+    base = base_url.rstrip("/")
+    if base and text.startswith(base + "/"):
+        text = text[len(base) + 1 :]
+    if "://" in text or text.startswith("urn:"):
+        matched = and_(_key.c.system == URL_SYSTEM, _key.c.value == text[:255])
+        return _event.c.pk.in_(_keys(name, matched))  # type: ignore[no-any-return]
+    ref_type, ref_id, _, _ = parse_reference(text)
+    if ref_type is None:
+        if "/" in text or text.startswith("#"):
+            raise InvalidRequest(f"{item!r} is not a reference (Type/id, id or a URL)")
+        criteria = [_key.c.value == text]
+        criteria.append(
+            _key.c.system == target_type if target_type else _key.c.system != URL_SYSTEM
+        )
+        return _event.c.pk.in_(_keys(name, *criteria))  # type: ignore[no-any-return]
+    if target_type and ref_type != target_type:
+        return false()
+    matched = and_(_key.c.system == ref_type, _key.c.value == ref_id)
+    return _event.c.pk.in_(_keys(name, matched))  # type: ignore[no-any-return]
