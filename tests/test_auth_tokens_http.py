@@ -162,3 +162,47 @@ def test_authorization_can_be_turned_off_explicitly(
     assert any("authorization" in r.getMessage().lower() for r in caplog.records)
     with TestClient(app) as open_client:
         assert open_client.get("/fhir/Patient").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        {
+            "scheme": "http",
+            "server": ("127.0.0.1", 8080),
+            "root_path": "",
+            "host": b"localhost:8080",
+        },
+        {
+            "scheme": "https",
+            "server": ("10.0.0.1", 443),
+            "root_path": "/ehr",
+            "host": b"ehr.example",
+        },
+        {"scheme": "http", "server": ("10.0.0.1", 8000), "root_path": "", "host": None},
+        {"scheme": "https", "server": ("10.0.0.1", 8443), "root_path": "", "host": None},
+    ],
+)
+def test_the_audience_base_is_the_request_s_own(parts: dict[str, object]) -> None:
+    """fhir_base is computed once per Host/server/root path; it must equal Starlette's."""
+    from starlette.requests import Request
+
+    from careplan_fhir.auth.middleware import fhir_base
+    from careplan_fhir.settings import Settings
+
+    host = parts["host"]
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "scheme": parts["scheme"],
+        "server": parts["server"],
+        "root_path": parts["root_path"],
+        "path": f"{parts['root_path']}/fhir/Patient/1",
+        "query_string": b"_format=json",
+        "headers": [(b"accept", b"*/*")] + ([(b"host", host)] if host else []),
+    }
+    expected = str(Request(scope).base_url).rstrip("/") + "/fhir"
+    assert fhir_base(scope, Settings(base_url="")) == expected
+    assert fhir_base(scope, Settings(base_url="https://fixed.example/fhir/")) == (
+        "https://fixed.example/fhir"
+    )

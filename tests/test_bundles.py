@@ -58,6 +58,10 @@ def test_transaction_resolves_urn_uuid_references(client: TestClient) -> None:
     result = response.json()
     assert result["type"] == "transaction-response"
     assert [e["response"]["status"] for e in result["entry"]] == ["201 Created"] * 4
+    # Bundle.entry.response.lastModified is an instant (the stored meta.lastUpdated).
+    for answered in result["entry"]:
+        stored = client.get(f"/fhir/{answered['response']['location']}").json()
+        assert answered["response"]["lastModified"] == stored["meta"]["lastUpdated"]
     locations = [e["response"]["location"] for e in result["entry"]]
     patient_ref = locations[3].split("/_history")[0]
     plan_ref = locations[1].split("/_history")[0]

@@ -232,3 +232,18 @@ def test_plain_read_fast_path_matches_the_framework_read(client: TestClient) -> 
     assert xml.headers["content-type"].startswith("application/fhir+xml")
     client.delete("/fhir/Patient/id1")
     assert client.get("/fhir/Patient/id1").status_code == 410
+
+
+def test_http_date_is_the_standard_library_s_imf_fixdate() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    from careplan_fhir.rest.context import http_date
+
+    moment = datetime(2026, 1, 1, 0, 0, 0, 999999)
+    for _ in range(400):  # every weekday and month, both ends of the day
+        moment += timedelta(days=1, hours=7, minutes=13, seconds=59)
+        expected = format_datetime(moment.replace(tzinfo=UTC), usegmt=True)
+        assert http_date(moment) == expected
+        plus_two = moment.replace(tzinfo=UTC).astimezone(timezone(timedelta(hours=2)))
+        assert http_date(plus_two) == expected

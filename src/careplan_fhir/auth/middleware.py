@@ -13,11 +13,13 @@ own way and pass through untouched.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -74,6 +76,34 @@ def fhir_base(scope: Scope, settings: Settings) -> str:
     """The FHIR base URL tokens must name as audience: configured, or this request's."""
     if settings.base_url:
         return settings.base_url.rstrip("/")
+    host = next((value for name, value in scope["headers"] if name == b"host"), None)
+    server = scope.get("server")
+    return _request_base(
+        scope.get("scheme", "http"),
+        host,
+        tuple(server) if server else None,
+        scope.get("root_path", ""),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _request_base(
+    scheme: str, host: bytes | None, server: tuple[Any, ...] | None, root_path: str
+) -> str:
+    """The FHIR base of requests with these parts, as Starlette's ``Request.base_url`` has it.
+
+    Computed once per (scheme, Host, server, root path): building a Request and a URL for every
+    request cost more than verifying its (cached) token.
+    """
+    scope: dict[str, Any] = {
+        "type": "http",
+        "scheme": scheme,
+        "server": server,
+        "root_path": root_path,
+        "path": root_path + "/",
+        "query_string": b"",
+        "headers": [(b"host", host)] if host is not None else [],
+    }
     return str(Request(scope).base_url).rstrip("/") + "/fhir"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -20,6 +19,7 @@ from fastapi.responses import Response
 from careplan_fhir.audit.events import note_interaction
 from careplan_fhir.audit.provenance import note_bundle_provenance
 from careplan_fhir.errors import FhirError, InvalidRequest, PreconditionFailed
+from careplan_fhir.fhir.dates import format_instant
 from careplan_fhir.fhir.models import ResourceInvalid
 from careplan_fhir.fhir.outcome import issue, operation_outcome
 from careplan_fhir.storage.repository import StoredResource, parse_version_tag
@@ -227,7 +227,8 @@ def _response_entry(
     }
     if stored is not None:
         response["etag"] = stored.etag
-        response["lastModified"] = format_datetime(stored.last_updated_aware, usegmt=True)
+        # Bundle.entry.response.lastModified is an instant, not an HTTP date (bundle.html).
+        response["lastModified"] = format_instant(stored.last_updated_aware)
         if not stored.deleted:
             response["location"] = f"{stored.resource_type}/{stored.id}/_history/{stored.version}"
     show = representation or result.message in ("read", "vread")
