@@ -623,6 +623,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.reuse and manifest_path(args.backend, args.careplans).exists():
         manifest = read_manifest(args.backend, args.careplans)
         print(f"reusing {manifest.url} (loaded in {manifest.load_seconds:.1f} s)")
+        # A database loaded by an older checkout gets this one's schema (the server does not
+        # migrate: it runs with --no-migrate).
+        from careplan_fhir.storage.migrate import upgrade
+
+        upgrade(manifest.url)
     else:
         print(f"loading ({args.per_patient} CarePlans per patient, commit every {args.batch})")
         manifest = load(args.backend, args.careplans, args.per_patient, args.batch, args.samples)
