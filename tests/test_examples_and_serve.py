@@ -8,6 +8,7 @@ https://hl7.org/fhir/us/core/STU6.1/CapabilityStatement-us-core-server.html (Car
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -235,3 +236,23 @@ def test_served_us_core_care_plan_search(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=15)
+
+
+def test_the_serving_factory_hides_the_startup_heap_from_the_collector(tmp_path: Path) -> None:
+    """``app_from_environment`` (what ``serve`` runs) freezes what startup built (gc.freeze),
+    so full collections no longer pause requests by walking the whole heap."""
+    code = (
+        "import gc\n"
+        "from careplan_fhir.app import app_from_environment\n"
+        "before = gc.get_freeze_count()\n"
+        "app_from_environment()\n"
+        "print(before, gc.get_freeze_count())\n"
+    )
+    env = {**os.environ, "CAREPLAN_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    before, after = (int(n) for n in result.stdout.split())
+    assert before == 0
+    assert after > 10_000  # the modules, the FHIR models and the app
