@@ -30,7 +30,14 @@ from sqlalchemy import ColumnElement, false, select
 
 from careplan_fhir.fhir.search_parameters import parameters_for
 from careplan_fhir.storage.indexing import parse_reference, values_at
-from careplan_fhir.storage.search import Criterion, index_table, local_target, resource_table
+from careplan_fhir.storage.search import (
+    Criterion,
+    Restriction,
+    Take,
+    index_table,
+    local_target,
+    resource_table,
+)
 
 #: Search parameters (of this server's index) that put a resource in a patient's compartment.
 COMPARTMENT_PARAMS: dict[str, tuple[str, ...]] = {
@@ -63,26 +70,44 @@ def compartment_criterion(resource_type: str, patient_id: str, base_url: str) ->
 
     For a type outside the compartment it matches nothing: callers decide beforehand whether
     such types are readable (they are not filtered by patient at all).
+
+    The patient id is the criterion's only value: every patient-confined search of one shape
+    runs the same cached statement (careplan_fhir.storage.search).
     """
-    resource = resource_table()
     if resource_type == "Patient":
-        return Criterion(-1, predicate=resource.c.res_id == patient_id)
+        return Criterion(-1, shape=(_own_record,), values=(patient_id,))
     names = COMPARTMENT_PARAMS.get(resource_type)
     if not names:
-        return Criterion(-1, predicate=false())
+        return Criterion(-1, shape=(_nothing,))
     known = parameters_for(resource_type)
     missing = [name for name in names if name not in known]
     assert not missing, f"compartment parameters not indexed for {resource_type}: {missing}"
+    # Rank 0: the patient's index rows drive the query (a patient has few resources).
+    shape = (_patient_references, resource_type, names, base_url.rstrip("/"))
+    return Criterion(0, shape=shape, values=(patient_id,))
+
+
+def _own_record(take: Take) -> Restriction:
+    return Restriction(predicate=resource_table().c.res_id == take())
+
+
+def _nothing(take: Take) -> Restriction:
+    return Restriction(predicate=false())
+
+
+def _patient_references(
+    resource_type: str, names: tuple[str, ...], base: str, take: Take
+) -> Restriction:
+    """Resources of ``resource_type`` that reference the patient by a compartment parameter."""
     table = index_table("reference")
     subquery = select(table.c.resource_pk).where(
         table.c.res_type == resource_type,
         table.c.param.in_(names),
         table.c.target_type == "Patient",
-        table.c.target_id == patient_id,
-        local_target(table, base_url.rstrip("/")),
+        table.c.target_id == take(),
+        local_target(table, base),
     )
-    # Rank 0: the patient's index rows drive the query (a patient has few resources).
-    return Criterion(0, table, subquery)
+    return Restriction(table, subquery)
 
 
 def compartment_predicate(
