@@ -242,17 +242,18 @@ def test_the_serving_factory_hides_the_startup_heap_from_the_collector(tmp_path:
     """``app_from_environment`` (what ``serve`` runs) freezes what startup built (gc.freeze),
     so full collections no longer pause requests by walking the whole heap."""
     code = (
-        "import gc\n"
+        "import gc, sys\n"
         "from careplan_fhir.app import app_from_environment\n"
         "before = gc.get_freeze_count()\n"
         "app_from_environment()\n"
-        "print(before, gc.get_freeze_count())\n"
+        "print(before, gc.get_freeze_count(), sys.getswitchinterval())\n"
     )
     env = {**os.environ, "CAREPLAN_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    before, after = (int(n) for n in result.stdout.split())
-    assert before == 0
-    assert after > 10_000  # the modules, the FHIR models and the app
+    before, after, interval = result.stdout.split()
+    assert int(before) == 0
+    assert int(after) > 10_000  # the modules, the FHIR models and the app
+    assert float(interval) == 0.001

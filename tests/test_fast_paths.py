@@ -81,7 +81,7 @@ def test_create_fast_path_honours_prefer(client: TestClient) -> None:
 def test_a_create_that_fails_after_commit_is_not_run_twice(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from careplan_fhir.rest import create as create_module
+    from careplan_fhir.rest import group_commit as create_module
 
     def broken_response(*_args: object) -> object:
         raise RuntimeError("rendering failed")

@@ -8,7 +8,8 @@ read, search or create. This ASGI middleware serves the common shapes of those t
   connection, with the same body and headers as :mod:`careplan_fhir.rest.read`;
 * search-type, ``GET [base]/[type]?...``: :func:`careplan_fhir.rest.search_type.search_get`;
 * create, ``POST [base]/[type]`` with a JSON body, no query string and no ``If-None-Exist``:
-  :func:`careplan_fhir.rest.create.create` (which honours ``Prefer: return=``).
+  :func:`careplan_fhir.rest.create.create_resource`, with the other creates of the same turn of
+  the event loop in one transaction (:mod:`careplan_fhir.rest.group_commit`).
 
 Search and create call the very functions the routes call. Any failure (not found, deleted, an
 invalid body, a database error) is not answered here: the request, its body replayed, goes on to
@@ -36,14 +37,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from careplan_fhir.auth.access import SCOPE_KEY, UNRESTRICTED, Access
 from careplan_fhir.errors import NotAcceptable
-from careplan_fhir.fhir.outcome import issue
-from careplan_fhir.storage.db import WriterBusy
 from careplan_fhir.storage.repository import StoredResource
 
 from .context import SERVED, FhirContext, Services, resource_headers
-from .create import create
-from .errors import outcome_response
 from .formats import response_format
+from .group_commit import GroupCommit
 from .search_type import search_get
 
 T = TypeVar("T")
@@ -61,11 +59,6 @@ def _access(scope: Scope) -> Access:
     """The caller, as the authentication middleware (outside this one) recorded it."""
     access: Access = scope.get(SCOPE_KEY, UNRESTRICTED)
     return access
-
-
-def _committed(context: FhirContext) -> bool:
-    """Whether the context committed its write (``FhirContext.commit``)."""
-    return context.committed_once
 
 
 def _acceptable(request: Request) -> bool:
@@ -124,6 +117,7 @@ class FastPaths:
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
         self.services = services
+        self.group_commit = GroupCommit(services)
         engine = services.engine
         self.inline = engine.dialect.name == "sqlite"  # a local file: no network wait
         self.autocommit = engine.dialect.name == "postgresql"
@@ -192,48 +186,11 @@ class FastPaths:
         body, complete = await _read_body(receive, self.services.settings.max_body_bytes)
         request = Request(scope, receive)
         if complete and _acceptable(request):
-            response = await self._create_once(request, parts[0], body)
+            response = await self.group_commit.create(request, parts[0], body)
             if response is not None:
                 await response(scope, receive, send)
                 return
         await self.app(scope, _replay(body, complete, receive), send)
-
-    async def _create_once(self, request: Request, resource_type: str, body: bytes) -> Any:
-        """The create's response, or None when the framework must answer (nothing written).
-
-        On SQLite the create runs on the event loop without waiting for the writer turn; if
-        another writer of this process holds it, it runs again in the thread pool, where
-        waiting is harmless.
-        """
-        for inline in (True, False) if self.inline else (False,):
-            context = FhirContext(request, self.services)
-            context.wait_for_writer = not inline
-            try:
-                if inline:
-                    return create(resource_type, context, body)
-                return await to_thread.run_sync(create, resource_type, context, body)
-            except WriterBusy:
-                continue
-            except Exception:
-                if _committed(context):
-                    # Stored, but the answer could not be made: running the create again in
-                    # the framework would store it twice.
-                    logger.exception("create committed, response failed")
-                    return outcome_response(
-                        request,
-                        500,
-                        [
-                            issue(
-                                "The resource was stored but the response failed; read it "
-                                "back by search",
-                                code="exception",
-                            )
-                        ],
-                    )
-                return None  # nothing was committed; the framework reports the error
-            finally:
-                context.close()
-        return None
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         """Run blocking read-only work: inline on SQLite, in the thread pool otherwise.

@@ -54,6 +54,10 @@ def make_engine(url: str, *, echo: bool = False, background_checkpoints: bool = 
             # moments reuse connections instead of opening new ones.
             kwargs["pool_size"] = 40
             kwargs["max_overflow"] = 10
+            # The connection given back last is handed out next. Each SQLite connection has a
+            # page cache of its own, valid only until another connection writes: handed out
+            # in turn (FIFO), every write met a cold cache and read its index pages again.
+            kwargs["pool_use_lifo"] = True
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         if background_checkpoints:
@@ -79,6 +83,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # instead of copying pages into each connection's small private cache.
     cursor.execute("PRAGMA mmap_size=1073741824")
     cursor.execute("PRAGMA cache_size=-16384")
+    cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
 
 

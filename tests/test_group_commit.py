@@ -1,0 +1,141 @@
+"""Group commit (rest/group_commit.py): creates that arrive together share one transaction,
+and each still succeeds or fails exactly as it would alone.
+
+The requests go through the whole ASGI app on one event loop (httpx's ASGI transport, many at
+once with ``asyncio.gather``), the way uvicorn hands concurrent connections' requests to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.engine import Connection
+
+from careplan_fhir.app import create_app
+from careplan_fhir.rest.group_commit import GroupCommit
+from careplan_fhir.settings import Settings
+from tests.factories import patient, task
+from tests.tokens import bearer, mint_token
+
+PATIENT_SCOPE = "patient/*.cruds"
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[FastAPI]:
+    """The app without its lifespan (httpx's ASGI transport runs none): disposed here."""
+    ids = (f"id{n}" for n in itertools.count(1))
+    application = create_app(settings, new_id=lambda: next(ids))
+    yield application
+    application.state.services.engine.dispose()
+
+
+def group_commit_of(app: FastAPI) -> GroupCommit:
+    """The app's fast-path middleware's GroupCommit (the middleware stack is built lazily)."""
+    stack: Any = app.middleware_stack
+    while stack is not None:
+        found = getattr(stack, "group_commit", None)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+        stack = getattr(stack, "app", None)
+    raise AssertionError("no FastPaths in the middleware stack")
+
+
+async def post_all(
+    app: FastAPI, bodies: list[dict[str, Any]], headers: dict[str, str]
+) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        await client.get("/fhir/metadata", headers=headers)  # builds the middleware stack
+        return list(
+            await asyncio.gather(
+                *(
+                    client.post(
+                        "/fhir/Patient"
+                        if b["resourceType"] == "Patient"
+                        else f"/fhir/{b['resourceType']}",
+                        json=b,
+                        headers=headers,
+                    )
+                    for b in bodies
+                )
+            )
+        )
+
+
+async def get(app: FastAPI, url: str, headers: dict[str, str]) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        return await client.get(url, headers=headers)
+
+
+def test_creates_that_arrive_together_are_committed_together(
+    app: FastAPI, settings: Settings, system_headers: dict[str, str]
+) -> None:
+    responses = asyncio.run(post_all(app, [patient() for _ in range(20)], system_headers))
+    assert [r.status_code for r in responses] == [201] * 20
+    ids = {r.json()["id"] for r in responses}
+    assert len(ids) == 20
+    group_commit = group_commit_of(app)
+    assert group_commit.grouped == 20
+    assert group_commit.groups < 20  # they shared transactions
+    found = asyncio.run(get(app, "/fhir/Patient?_count=100", system_headers)).json()
+    assert {e["resource"]["id"] for e in found["entry"]} == ids
+    # Each got its own Provenance, as a create alone does.
+    provenance = asyncio.run(get(app, "/fhir/Provenance?_count=100", system_headers)).json()
+    assert provenance["total"] == (20 if settings.auto_provenance else 0)
+
+
+def test_a_failing_create_fails_alone_and_answers_as_it_would_alone(
+    app: FastAPI, system_headers: dict[str, str], signing_key_file: Path
+) -> None:
+    bodies = [
+        patient(),
+        patient(gender="bogus"),  # invalid: 422
+        {"resourceType": "Patient", "id": "x", "birthDate": "not-a-date"},  # invalid: 422
+        patient(),
+    ]
+    responses = asyncio.run(post_all(app, bodies, system_headers))
+    assert [r.status_code for r in responses] == [201, 422, 422, 201]
+    assert responses[1].json()["issue"][0]["expression"] == ["Patient.gender"]
+    total = asyncio.run(get(app, "/fhir/Patient", system_headers)).json()["total"]
+    assert total == 2
+    # A patient may create a Task for themselves only: refused after the write, in the group,
+    # and rolled back alone while the patient's own Task is stored.
+    me = bearer(mint_token(signing_key_file, PATIENT_SCOPE, patient="p1"))
+    mixed = asyncio.run(post_all(app, [task("p1"), task("p2"), task("p1")], me))
+    assert [r.status_code for r in mixed] == [201, 403, 201]
+    tasks = asyncio.run(get(app, "/fhir/Task?_count=100", system_headers)).json()
+    assert sorted(e["resource"]["for"]["reference"] for e in tasks["entry"]) == [
+        "Patient/p1",
+        "Patient/p1",
+    ]
+
+
+def test_a_failed_group_commit_stores_nothing_twice(
+    app: FastAPI, system_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the group's COMMIT fails, nothing was stored: each create is run again on its own."""
+    original = Connection.commit
+    failed = []
+
+    def commit_failing_once(self: Connection) -> None:
+        if not failed and self.in_transaction() and self.in_nested_transaction() is False:
+            failed.append(True)
+            raise RuntimeError("disk full")
+        original(self)
+
+    monkeypatch.setattr(Connection, "commit", commit_failing_once)
+    responses = asyncio.run(post_all(app, [patient() for _ in range(5)], system_headers))
+    monkeypatch.undo()
+    assert failed == [True]
+    assert [r.status_code for r in responses] == [201] * 5
+    found = asyncio.run(get(app, "/fhir/Patient?_count=100", system_headers)).json()
+    assert found["total"] == 5
+    assert {e["resource"]["id"] for e in found["entry"]} == {r.json()["id"] for r in responses}
