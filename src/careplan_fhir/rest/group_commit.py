@@ -13,7 +13,9 @@ one turn of the event loop and runs them as one transaction:
    (which answers it with the same error as always);
 2. one connection, one write transaction (SQLite's write turn is taken once, without waiting
    on the event loop: if another writer holds it, the whole group runs in the thread pool, where
-   waiting is harmless; PostgreSQL groups always run in the thread pool);
+   waiting is harmless). On PostgreSQL every create is a group of one, in the thread pool as
+   before: there concurrent transactions run side by side, and one create after another in a
+   group waited for each other's round trips;
 3. the creates run one after the other; if one fails (authorization after the write, a hook),
    the transaction is rolled back and every create of the group goes to the framework to run
    alone, exactly as if it had come alone (nothing of the group was committed). Failures are
@@ -71,6 +73,12 @@ class GroupCommit:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.inline = services.engine.dialect.name == "sqlite"
+        # PostgreSQL runs concurrent transactions side by side, and a create there waits on a
+        # dozen network round trips: creates run one after another in a group waited for each
+        # other (measured: 186 creates/s grouped against 260 alone). There, each create is its
+        # own group, in a thread of its own, as before group commit.
+        self.max_group = MAX_GROUP if self.inline else 1
+        self.gather = GATHER_SECONDS if self.inline else 0.0
         self._pending: list[_Pending] = []
         self._scheduled = False
         #: Groups committed and creates in them (for tests and benchmarks).
@@ -85,17 +93,17 @@ class GroupCommit:
         if not self._scheduled:
             self._scheduled = True
             # After the tasks already runnable in this turn: their creates join this group.
-            loop.call_later(GATHER_SECONDS, self._start)
+            loop.call_later(self.gather, self._start)
         return await future
 
     def _start(self) -> None:
         self._scheduled = False
-        group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
-        if self._pending:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._start)
-        if not group:
-            return
+        while self._pending:
+            group = self._pending[: self.max_group]
+            self._pending = self._pending[self.max_group :]
+            self._start_group(group)
+
+    def _start_group(self, group: list[_Pending]) -> None:
         if self.inline:
             try:
                 self._run(group, wait=False)
