@@ -341,6 +341,26 @@ def wait_ready(server: Server, timeout: float = 60.0) -> None:
 AUTHORIZATION: dict[str, str] = {}
 
 
+def report_audit_trail(url: str, *, clear: bool) -> None:
+    """Print how many AuditEvents earlier runs left in the database; delete them if asked."""
+    from sqlalchemy import text
+
+    from careplan_fhir.storage.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            count = connection.execute(text("SELECT count(*) FROM audit_event")).scalar_one()
+            if clear and count:
+                connection.execute(text("DELETE FROM audit_event_key"))
+                connection.execute(text("DELETE FROM audit_event"))
+        print(
+            f"audit trail: {count} AuditEvents from earlier runs" + (", deleted" if clear else "")
+        )
+    finally:
+        engine.dispose()
+
+
 def system_token(key_file: Path, audience: str) -> str:
     """A ``system/*.cruds`` token from the server's own key, as its token endpoint issues."""
     from datetime import timedelta
@@ -603,6 +623,12 @@ def main(argv: list[str] | None = None) -> None:
         "--load-only", action="store_true", help="load the database, then stop (see --reuse)"
     )
     parser.add_argument(
+        "--clear-audit",
+        action="store_true",
+        help="with --reuse: empty the audit trail that earlier runs left (each run adds about"
+        " 150,000 AuditEvents, and a longer trail makes each insert dearer)",
+    )
+    parser.add_argument(
         "--hold",
         type=int,
         default=0,
@@ -628,6 +654,7 @@ def main(argv: list[str] | None = None) -> None:
         from careplan_fhir.storage.migrate import upgrade
 
         upgrade(manifest.url)
+        report_audit_trail(manifest.url, clear=args.clear_audit)
     else:
         print(f"loading ({args.per_patient} CarePlans per patient, commit every {args.batch})")
         manifest = load(args.backend, args.careplans, args.per_patient, args.batch, args.samples)

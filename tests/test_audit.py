@@ -504,3 +504,23 @@ def test_the_client_a_token_endpoint_authenticated_is_the_agent() -> None:
         }
     ]
     assert event["outcome"] == "0"
+
+
+def test_audit_event_ids_are_version_7_uuids_in_time_order() -> None:
+    import re
+    import uuid
+
+    from careplan_fhir.audit.sink import time_ordered_id
+
+    ids = []
+    for _ in range(5):
+        ids.append(time_ordered_id())
+        time.sleep(0.002)
+    assert ids == sorted(ids)  # later events sort after earlier ones
+    assert len({time_ordered_id() for _ in range(1000)}) == 1000
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
+        assert re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", value)  # a FHIR id
+        milliseconds = parsed.int >> 80
+        assert abs(milliseconds / 1000 - time.time()) < 60

@@ -1,11 +1,10 @@
 """Store AuditEvents off the request path: a bounded queue and one writer thread.
 
 A request only enqueues its event (:meth:`AuditSink.submit`); one background thread takes
-events off the queue and stores them as ordinary AuditEvent resources (searchable like any
-other: https://hl7.org/fhir/R4/auditevent.html#search) through
-:meth:`careplan_fhir.storage.repository.Repository.create_many`, up to ``batch_size`` per
-transaction (500; 200 on SQLite, whose single write turn a batch holds) and at least every
-``interval`` seconds.
+events off the queue and stores them in the audit trail's own table
+(:mod:`careplan_fhir.storage.audit_log`; searchable as AuditEvents:
+https://hl7.org/fhir/R4/auditevent.html#search), up to ``batch_size`` per transaction (500;
+200 on SQLite, whose single write turn a batch holds) and at least every ``interval`` seconds.
 
 Nothing is dropped: when ``capacity`` events are waiting, a new request waits for room before
 it runs (:meth:`AuditSink.admit`, back-pressure) instead of losing its event, a failed batch is
@@ -20,6 +19,7 @@ shutdown).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -31,16 +31,32 @@ from typing import Any
 import anyio
 from sqlalchemy import Engine
 
+from careplan_fhir.storage.audit_log import AuditLog, naive_utc, prepare_event
 from careplan_fhir.storage.db import begin_write
-from careplan_fhir.storage.repository import Repository
+from careplan_fhir.storage.repository import stamp
 
 logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 
 
-def _new_id() -> str:
-    return str(uuid.uuid4())
+def time_ordered_id() -> str:
+    """A version 7 UUID (RFC 9562 section 5.7): 48 bits of Unix milliseconds, then random.
+
+    AuditEvent ids only ever grow, so each new one lands at the right-hand edge of the unique
+    index on ``audit_event.res_id``: a random (version 4) id made every insert touch a random
+    page of an index that grows with every request ever made.
+    """
+    milliseconds = time.time_ns() // 1_000_000
+    random_bits = int.from_bytes(os.urandom(10), "big")
+    value = (
+        (milliseconds & ((1 << 48) - 1)) << 80
+        | 0x7 << 76  # version 7
+        | ((random_bits >> 62) & 0xFFF) << 64
+        | 0b10 << 62  # the RFC 9562 variant
+        | (random_bits & ((1 << 62) - 1))
+    )
+    return str(uuid.UUID(int=value))
 
 
 class AuditSink:
@@ -51,7 +67,7 @@ class AuditSink:
         engine: Engine,
         *,
         now: Callable[[], datetime],
-        new_id: Callable[[], str] = _new_id,
+        new_id: Callable[[], str] = time_ordered_id,
         batch_size: int | None = None,
         interval: float = 0.2,
         capacity: int = 20_000,
@@ -222,10 +238,22 @@ class AuditSink:
             self._hurry.clear()
 
     def _write(self, batch: list[Event]) -> None:
+        """Prepare the batch's rows, then take the write turn only to insert and commit.
+
+        The preparing (stamping, extracting search values: about 40 µs of Python an event)
+        happens before the transaction, so SQLite's single write turn is held for the inserts
+        alone. (Giving the GIL away every few events, to let requests in sooner, was measured
+        and made everything slower: the writer fell behind and requests waited for room.)
+        """
+        prepared = []
+        for event in batch:
+            resource_id = self.new_id()
+            moment = self.now()
+            raw = stamp(event, resource_id, 1, moment)
+            prepared.append(prepare_event(resource_id, naive_utc(moment), raw, event))
         with self.engine.connect() as connection:
             begin_write(connection, wait=True)
-            repository = Repository(connection, now=self.now, new_id=self.new_id)
-            repository.create_many(batch)
+            AuditLog(connection).insert_prepared(prepared)
             connection.commit()
         self.written += len(batch)
         self.batches += 1

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -143,6 +144,24 @@ def search_values(document: dict[str, Any]) -> tuple[dict[str, Any], list[Key]]:
 # -- writing ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PreparedEvent:
+    """An event ready to insert: its ``audit_event`` row and its key rows."""
+
+    row: tuple[Any, ...]
+    keys: list[Key]
+
+
+def prepare_event(
+    resource_id: str, moment: datetime, raw: bytes, document: dict[str, Any]
+) -> PreparedEvent:
+    """The rows of one event: ``raw`` already stamped with id and meta, ``moment`` naive UTC."""
+    columns, keys = search_values(document)
+    return PreparedEvent(
+        (resource_id, moment, raw, *(columns[c] for c in _EVENT_COLUMNS[2:-1])), keys
+    )
+
+
 class AuditLog:
     """AuditEvents over one connection (the caller owns the transaction)."""
 
@@ -167,15 +186,15 @@ class AuditLog:
         self, events: Sequence[tuple[str, datetime, bytes, dict[str, Any]]]
     ) -> list[int]:
         """Store many events with one statement per table where the driver allows it."""
+        return self.insert_prepared([prepare_event(*event) for event in events])
+
+    def insert_prepared(self, events: Sequence[PreparedEvent]) -> list[int]:
+        """Store events :func:`prepare_event` made (the audit sink prepares them before it
+        takes the write turn); their primary keys."""
         if not events:
             return []
-        extracted = [search_values(document) for _, _, _, document in events]
-        rows = [
-            (resource_id, moment, raw, *(columns[c] for c in _EVENT_COLUMNS[2:-1]))
-            for (resource_id, moment, raw, _), (columns, _) in zip(events, extracted, strict=True)
-        ]
-        pks = self._insert_events(rows)
-        self._insert_keys([(pk, keys) for pk, (_, keys) in zip(pks, extracted, strict=True)])
+        pks = self._insert_events([event.row for event in events])
+        self._insert_keys([(pk, event.keys) for pk, event in zip(pks, events, strict=True)])
         return pks
 
     def _insert_events(self, rows: list[tuple[Any, ...]]) -> list[int]:
