@@ -330,3 +330,33 @@ def test_the_migration_moves_earlier_events_out_of_the_generic_tables(tmp_path: 
     assert left == [0, 0, 0]
     assert [(r.res_id, bytes(r.raw)) for r in moved] == [("old-1", raw)]
     assert ("patient", "p7") in [tuple(k) for k in keys]
+
+
+def test_large_batches_are_stored_whole(database_url: str) -> None:
+    """The sink's inserts go in multi-row statements of 500: a batch of 1,234 events (and
+    their several thousand key rows) is stored completely and in order."""
+    from datetime import datetime
+
+    from careplan_fhir.storage.audit_log import AuditLog
+    from careplan_fhir.storage.db import begin_write
+
+    engine = make_engine(database_url)
+    moment = datetime(2026, 3, 1, 9, 0)
+    events = [
+        (f"e{n:05d}", moment, orjson.dumps(EVENTS[n % len(EVENTS)]), EVENTS[n % len(EVENTS)])
+        for n in range(1234)
+    ]
+    try:
+        with engine.connect() as connection:
+            begin_write(connection)
+            pks = AuditLog(connection).insert_many(events)
+            connection.commit()
+            stored = connection.execute(
+                text("SELECT pk, res_id FROM audit_event ORDER BY pk")
+            ).all()
+            keys = connection.execute(text("SELECT count(*) FROM audit_event_key")).scalar_one()
+    finally:
+        engine.dispose()
+    assert [(r.pk, r.res_id) for r in stored] == list(zip(pks, (e[0] for e in events), strict=True))
+    expected_keys = sum(len(search_values(document)[1]) for *_, document in events)
+    assert keys == expected_keys > 2 * 500
