@@ -245,15 +245,9 @@ def test_stopping_the_server_stores_every_queued_event(
     assert count == 40
 
 
-def test_a_full_queue_makes_the_next_request_wait_before_it_runs(database_url: str) -> None:
-    engine = make_engine(database_url)
-    sink = AuditSink(engine, now=lambda: datetime(2026, 3, 1, tzinfo=UTC), capacity=2)
-    event = build_audit_event(
-        Interaction("capabilities", "R"),
-        Caller("unrestricted"),
-        status=200,
-        recorded="2026-03-01T09:00:00Z",
-    )
+def stall_writer(sink: AuditSink) -> tuple[threading.Event, threading.Event]:
+    """Make ``sink``'s writer stop at its next batch: ``(writing, release)``, set when it
+    stops there, and to be set to let it write."""
     writing, release = threading.Event(), threading.Event()
     write = sink._write
 
@@ -263,6 +257,19 @@ def test_a_full_queue_makes_the_next_request_wait_before_it_runs(database_url: s
         write(batch)
 
     sink._write = stalled_write  # type: ignore[method-assign]
+    return writing, release
+
+
+def test_a_full_queue_makes_the_next_request_wait_before_it_runs(database_url: str) -> None:
+    engine = make_engine(database_url)
+    sink = AuditSink(engine, now=lambda: datetime(2026, 3, 1, tzinfo=UTC), capacity=2)
+    event = build_audit_event(
+        Interaction("capabilities", "R"),
+        Caller("unrestricted"),
+        status=200,
+        recorded="2026-03-01T09:00:00Z",
+    )
+    writing, release = stall_writer(sink)
     sink.start()
     sink.submit(event)
     assert writing.wait(10)  # the writer holds that one, stalled
@@ -293,15 +300,7 @@ def test_requests_wait_before_running_so_in_flight_stays_bounded(
     with audited_server(settings, signing_key_file) as s:
         sink = s.sink
         sink.capacity = 1
-        writing, release = threading.Event(), threading.Event()
-        write = sink._write
-
-        def stalled_write(batch: list[dict[str, object]]) -> None:
-            writing.set()
-            release.wait(30)
-            write(batch)
-
-        sink._write = stalled_write  # type: ignore[method-assign]
+        writing, release = stall_writer(sink)
         statuses: list[int] = []
 
         def call() -> None:

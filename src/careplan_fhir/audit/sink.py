@@ -31,7 +31,8 @@ from typing import Any
 import anyio
 from sqlalchemy import Engine
 
-from careplan_fhir.storage.audit_log import AuditLog, naive_utc, prepare_event
+from careplan_fhir.fhir.dates import to_naive_utc
+from careplan_fhir.storage.audit_log import AuditLog, prepare_event
 from careplan_fhir.storage.db import begin_write
 from careplan_fhir.storage.repository import stamp
 
@@ -250,7 +251,7 @@ class AuditSink:
             resource_id = self.new_id()
             moment = self.now()
             raw = stamp(event, resource_id, 1, moment)
-            prepared.append(prepare_event(resource_id, naive_utc(moment), raw, event))
+            prepared.append(prepare_event(resource_id, to_naive_utc(moment), raw, event))
         with self.engine.connect() as connection:
             begin_write(connection, wait=True)
             AuditLog(connection).insert_prepared(prepared)

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from sqlalchemy import Connection, Engine
 
 from careplan_fhir.auth.access import SCOPE_KEY, UNRESTRICTED, Access
+from careplan_fhir.auth.middleware import fhir_base
 from careplan_fhir.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -118,10 +119,7 @@ class FhirContext:
     @functools.cached_property
     def base_url(self) -> str:
         """The FHIR base: configured, or this request's root plus ``/fhir`` (worked out once)."""
-        configured = self.services.settings.base_url
-        if configured:
-            return configured.rstrip("/")
-        return str(self.request.base_url).rstrip("/") + "/fhir"
+        return fhir_base(self.request.scope, self.services.settings)
 
     def header(self, name: str) -> str | None:
         return self.request.headers.get(name)

@@ -26,24 +26,19 @@ import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    and_,
-    exists,
-    false,
     func,
     insert,
-    not_,
-    or_,
     select,
 )
 from sqlalchemy.exc import IntegrityError
 
-from careplan_fhir.errors import InvalidRequest, ResourceConflict
+from careplan_fhir.errors import ResourceConflict
 from careplan_fhir.fhir.dates import DateFormatError, parse_range
 
 from .indexing import normalise_string, parse_reference
@@ -77,6 +72,11 @@ Key = tuple[str, str | None, str, str | None]
 def event_table() -> Any:
     """The ``audit_event`` table (for authorization and search code outside this module)."""
     return _event
+
+
+def key_table() -> Any:
+    """The ``audit_event_key`` table (for the search in storage/audit_search.py)."""
+    return _key
 
 
 # -- extraction ------------------------------------------------------------------------------
@@ -361,197 +361,3 @@ def _datetime_processor(connection: Connection) -> Callable[[Any], Any]:
     if process is None:
         return lambda value: value
     return lambda value: None if value is None else process(value)
-
-
-def naive_utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)
-
-
-# -- search criteria -------------------------------------------------------------------------
-
-#: Single-valued token parameters kept as columns: ``(system column or None, code column)``.
-_TOKEN_COLUMNS = {
-    "type": ("type_system", "type_code"),
-    "action": (None, "action"),
-    "outcome": (None, "outcome"),
-}
-#: Repeating parameters kept as key rows, by search-parameter type.
-_KEY_PARAMETERS = {
-    "subtype": "token",
-    "altid": "token",
-    "agent": "reference",
-    "entity": "reference",
-    "patient": "reference",
-    "address": "string",
-}
-#: What each parameter type takes after the colon.
-_MODIFIERS = {
-    "token": {"", "not", "missing"},
-    "reference": {"", "missing"},
-    "string": {"", "exact", "contains", "missing"},
-    "date": {"", "missing"},
-}
-
-
-def _keys(name: str, *criteria: ColumnElement[bool]) -> Any:
-    return select(_key.c.event_pk).where(_key.c.name == name, *criteria)
-
-
-def _token_parts(item: str, split_pipe: Callable[[str], list[str]]) -> tuple[str | None, str, str]:
-    """``(system or None, code, form)``: form is ``code``, ``both``, ``nosystem`` or ``system``."""
-    parts = split_pipe(item)
-    if len(parts) == 1:
-        return None, parts[0], "code"
-    system, code = parts
-    if system == "":
-        return None, code, "nosystem"
-    if code == "":
-        return system, "", "system"
-    return system, code, "both"
-
-
-def audit_condition(
-    name: str,
-    modifier: str,
-    items: list[str],
-    *,
-    base_url: str,
-    split_pipe: Callable[[str], list[str]],
-    unescape: Callable[[str], str],
-    escape_like: Callable[[str], str],
-    date_range: Callable[[str, str], tuple[datetime, datetime]],
-    split_prefix: Callable[[str], tuple[str, str]],
-) -> ColumnElement[bool]:
-    """One AuditEvent search parameter as a predicate on ``audit_event`` rows.
-
-    ``items`` are its comma-separated values, still escaped; the parsing helpers are the
-    generic search's (careplan_fhir.storage.search), passed in so both read values alike.
-    """
-    if name == "date":
-        kind = "date"
-    elif name in _TOKEN_COLUMNS:
-        kind = "token"
-    else:
-        kind = _KEY_PARAMETERS[name]
-    target_type: str | None = None
-    if kind == "reference" and modifier[:1].isupper():
-        target_type, modifier = modifier, ""
-    if modifier not in _MODIFIERS[kind]:
-        raise InvalidRequest(f"Modifier :{modifier} is not supported on {name}")
-    if name == "patient":
-        target_type = "Patient"
-    if modifier == "missing":
-        if items != ["true"] and items != ["false"]:
-            raise InvalidRequest(f"{name}:missing must be true or false")
-        present = _present(name, kind)
-        return not_(present) if items == ["true"] else present
-    alternatives = []
-    for item in items:
-        if item == "":
-            raise InvalidRequest(f"Empty value for search parameter {name}")
-        if kind == "date":
-            prefix, text = split_prefix(unescape(item))
-            alternatives.append(_recorded_condition(prefix, *date_range(text, name)))
-        elif kind == "token":
-            alternatives.append(_token_condition(name, item, split_pipe))
-        elif kind == "reference":
-            alternatives.append(_reference_condition(name, item, target_type, base_url, split_pipe))
-        else:
-            text = unescape(item)
-            if modifier == "exact":
-                matched = _key.c.exact == text
-            else:
-                pattern = escape_like(normalise_string(text))
-                pattern = f"%{pattern}%" if modifier == "contains" else f"{pattern}%"
-                matched = _key.c.value.like(pattern, escape="\\")
-            alternatives.append(_event.c.pk.in_(_keys(name, matched)))
-    condition = or_(*alternatives)
-    return not_(condition) if modifier == "not" else condition
-
-
-def _recorded_condition(prefix: str, p_low: datetime, p_high: datetime) -> ColumnElement[bool]:
-    """``recorded`` (a range ``[low, high)``) against the value's range, per prefix
-    (https://hl7.org/fhir/R4/search.html#prefix), as the generic date search compares."""
-    low, high = _event.c.recorded_low, _event.c.recorded_high
-    contained = and_(low >= p_low, high <= p_high)
-    comparisons: dict[str, ColumnElement[bool]] = {
-        "eq": contained,
-        "ne": not_(contained),
-        "gt": high > p_high,
-        "lt": low < p_low,
-        "ge": or_(high > p_high, contained),
-        "le": or_(low < p_low, contained),
-        "sa": low >= p_high,
-        "eb": high <= p_low,
-    }
-    if prefix not in comparisons:
-        raise InvalidRequest(f"date: prefix {prefix!r} is not supported on AuditEvent")
-    return and_(low.is_not(None), comparisons[prefix])
-
-
-def _present(name: str, kind: str) -> ColumnElement[bool]:
-    if kind == "date":
-        return _event.c.recorded_low.is_not(None)  # type: ignore[no-any-return]
-    if name in _TOKEN_COLUMNS:
-        return _event.c[_TOKEN_COLUMNS[name][1]].is_not(None)  # type: ignore[no-any-return]
-    found = _keys(name).where(_key.c.event_pk == _event.c.pk)
-    return exists(found)
-
-
-def _token_condition(
-    name: str, item: str, split_pipe: Callable[[str], list[str]]
-) -> ColumnElement[bool]:
-    system, code, form = _token_parts(item, split_pipe)
-    if name in _TOKEN_COLUMNS:
-        system_name, code_name = _TOKEN_COLUMNS[name]
-        code_column = _event.c[code_name]
-        system_column = _event.c[system_name] if system_name else None
-        if form == "code":
-            return code_column == code  # type: ignore[no-any-return]
-        if system_column is None:  # a plain code: it has no system
-            return code_column == code if form == "nosystem" else false()
-        if form == "nosystem":
-            return and_(system_column.is_(None), code_column == code)
-        if form == "system":
-            return system_column == system  # type: ignore[no-any-return]
-        return and_(system_column == system, code_column == code)
-    if form == "code":
-        matched = _key.c.value == code
-    elif form == "nosystem":
-        matched = and_(_key.c.system.is_(None), _key.c.value == code)
-    elif form == "system":
-        matched = _key.c.system == system
-    else:
-        matched = and_(_key.c.system == system, _key.c.value == code)
-    return _event.c.pk.in_(_keys(name, matched))  # type: ignore[no-any-return]
-
-
-def _reference_condition(
-    name: str,
-    item: str,
-    target_type: str | None,
-    base_url: str,
-    split_pipe: Callable[[str], list[str]],
-) -> ColumnElement[bool]:
-    text = split_pipe(item)[0]
-    base = base_url.rstrip("/")
-    if base and text.startswith(base + "/"):
-        text = text[len(base) + 1 :]
-    if "://" in text or text.startswith("urn:"):
-        matched = and_(_key.c.system == URL_SYSTEM, _key.c.value == text[:255])
-        return _event.c.pk.in_(_keys(name, matched))  # type: ignore[no-any-return]
-    ref_type, ref_id, _, _ = parse_reference(text)
-    if ref_type is None:
-        if "/" in text or text.startswith("#"):
-            raise InvalidRequest(f"{item!r} is not a reference (Type/id, id or a URL)")
-        criteria = [_key.c.value == text]
-        criteria.append(
-            _key.c.system == target_type if target_type else _key.c.system != URL_SYSTEM
-        )
-        return _event.c.pk.in_(_keys(name, *criteria))  # type: ignore[no-any-return]
-    if target_type and ref_type != target_type:
-        return false()
-    matched = and_(_key.c.system == ref_type, _key.c.value == ref_id)
-    return _event.c.pk.in_(_keys(name, matched))  # type: ignore[no-any-return]
