@@ -13,12 +13,14 @@ from pathlib import Path
 
 import orjson
 from fastapi import FastAPI
+from sqlalchemy import Engine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from careplan_fhir import __version__
 from careplan_fhir.audit.logs import install_log_redaction
 from careplan_fhir.audit.middleware import AuditMiddleware
-from careplan_fhir.audit.sink import AuditSink
+from careplan_fhir.audit.process_sink import ProcessAuditSink
+from careplan_fhir.audit.sink import AuditSink, AuditWriter
 from careplan_fhir.auth.backend_services import backend_services_for
 from careplan_fhir.auth.keys import load_or_create_signing_key
 from careplan_fhir.auth.middleware import Authenticate, make_verifier
@@ -83,6 +85,23 @@ class LoadShedder:
             self.in_flight -= 1
 
 
+def audit_writer_for(
+    settings: Settings, engine: Engine, now: Callable[[], datetime]
+) -> AuditWriter | None:
+    """Where AuditEvents are stored from, in batches (audit/sink.py, audit/process_sink.py).
+
+    A writer process unless the settings ask for the thread, the database lives in this
+    process's memory, or the app was given a clock of its own (tests), which another process
+    cannot read.
+    """
+    if not settings.audit_enabled:
+        return None
+    in_memory = engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
+    if settings.audit_writer == "process" and not in_memory and now is utc_now:
+        return ProcessAuditSink(settings.database_url)
+    return AuditSink(engine, now=now)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -98,8 +117,7 @@ def create_app(
         if engine.dialect.name == "sqlite"
         else None
     )
-    # AuditEvents are stored from a thread of their own, in batches (audit/sink.py).
-    audit_sink = AuditSink(engine, now=now) if settings.audit_enabled else None
+    audit_sink = audit_writer_for(settings, engine, now)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -6,6 +6,8 @@ Nothing reads the environment at import time: build a :class:`Settings` and pass
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -62,6 +64,10 @@ class Settings(BaseSettings):
     cors_origins: list[str] = []
     #: Record an AuditEvent for every access decision.
     audit_enabled: bool = True
+    #: Where AuditEvents are stored from: ``process``, a writer process beside the server (its
+    #: Python then never competes with requests for the GIL), or ``thread``, a thread of the
+    #: server's own process. An in-memory database always uses the thread.
+    audit_writer: Literal["process", "thread"] = "process"
     #: Give every write a Provenance unless the client supplied one.
     auto_provenance: bool = True
 

@@ -32,11 +32,14 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlencode
+
+from careplan_fhir.fhir.dates import format_instant
 
 AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
@@ -378,6 +381,89 @@ def subtype_of(interaction: Interaction) -> list[dict[str, str]]:
             {"system": RESTFUL_INTERACTION, "code": interaction.code, "display": interaction.code}
         ]
     return []
+
+
+class AuditFacts(NamedTuple):
+    """What a request's AuditEvent is made of, as plain values (no dicts, no objects).
+
+    The middleware gathers these on the event loop (a few attribute reads) and the audit
+    writer builds the event from them (:func:`event_from_facts`), so the dozens of dicts of an
+    AuditEvent are made off the request path. Plain values travel to a writer process as one
+    JSON array (audit/process_sink.py).
+    """
+
+    code: str | None
+    action: str
+    resource_type: str | None
+    resource_id: str | None
+    version: str | None
+    operation: str | None
+    caller_kind: str
+    client_id: str | None
+    subject: str | None
+    fhir_user: str | None
+    patient: str | None
+    status: int
+    #: When the request ended: an aware datetime, or its ISO 8601 text after a journey as JSON.
+    recorded: datetime | str
+    query: str
+    address: str | None
+    location: str | None
+    etag_version: str | None
+    reason: str | None
+
+
+def facts_of(
+    interaction: Interaction,
+    caller: Caller,
+    *,
+    status: int,
+    recorded: datetime,
+    query: str = "",
+    address: str | None = None,
+    location: str | None = None,
+    etag_version: str | None = None,
+    reason: str | None = None,
+) -> AuditFacts:
+    return AuditFacts(
+        interaction.code,
+        interaction.action,
+        interaction.resource_type,
+        interaction.resource_id,
+        interaction.version,
+        interaction.operation,
+        caller.kind,
+        caller.client_id,
+        caller.subject,
+        caller.fhir_user,
+        caller.patient,
+        status,
+        recorded,
+        query,
+        address,
+        location,
+        etag_version,
+        reason,
+    )
+
+
+def event_from_facts(facts: AuditFacts | Sequence[Any]) -> dict[str, Any]:
+    """The AuditEvent of :class:`AuditFacts` (or of the same values as a JSON array)."""
+    f = facts if isinstance(facts, AuditFacts) else AuditFacts(*facts)
+    recorded = f.recorded
+    if isinstance(recorded, str):
+        recorded = datetime.fromisoformat(recorded)
+    return build_audit_event(
+        Interaction(f.code, f.action, f.resource_type, f.resource_id, f.version, f.operation),
+        Caller(f.caller_kind, f.client_id, f.subject, f.fhir_user, f.patient),
+        status=int(f.status),
+        recorded=format_instant(recorded),
+        query=f.query,
+        address=f.address,
+        location=f.location,
+        etag_version=f.etag_version,
+        reason=f.reason,
+    )
 
 
 def build_audit_event(

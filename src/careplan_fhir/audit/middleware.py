@@ -1,12 +1,14 @@
 """One AuditEvent per request, recorded once the response status is known.
 
 The middleware wraps ``send`` to see the status line (and the ``Location`` and ``ETag`` headers,
-which name the version written or read), lets the request run, then builds the event
-(:func:`careplan_fhir.audit.events.build_audit_event`) from the method, the path, the query, the
-peer address and the caller the authentication middleware left in ``scope["careplan.access"]``,
-and hands it to the :class:`~careplan_fhir.audit.sink.AuditSink`. The response has been sent by
-then: auditing adds no latency, except that a request waits before it runs while the sink's
-queue is full (:meth:`~careplan_fhir.audit.sink.AuditSink.admit`).
+which name the version written or read), lets the request run, then gathers what the event is
+made of (:class:`careplan_fhir.audit.events.AuditFacts`) from the method, the path, the query,
+the peer address and the caller the authentication middleware left in
+``scope["careplan.access"]``, and hands them to the audit writer (:mod:`careplan_fhir.audit.sink`,
+in a process of its own: :mod:`careplan_fhir.audit.process_sink`), which builds the event
+(:func:`~careplan_fhir.audit.events.event_from_facts`) off the request path. The response has
+been sent by then: auditing adds no latency, except that a request waits before it runs while
+the writer has ``capacity`` events waiting (``admit``, back-pressure).
 
 It sits outside the authentication middleware (so refusals are recorded too) and inside the
 load shedder (503s for load are not access decisions).
@@ -21,20 +23,20 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from careplan_fhir.fhir.dates import format_instant
-
 from .events import (
     ACCESS_KEY,
     CLIENT_KEY,
     INTERACTION_KEY,
     REASON_KEY,
+    AuditFacts,
     Caller,
     Interaction,
-    build_audit_event,
     caller_of,
     classify,
+    event_from_facts,
+    facts_of,
 )
-from .sink import AuditSink
+from .sink import AuditWriter
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ def _etag_version(value: str | None) -> str | None:
     return text if text.isdigit() else None
 
 
-def audit_event_for(
+def audit_facts_for(
     scope: Scope,
     interaction: Interaction,
     status: int,
@@ -57,8 +59,8 @@ def audit_event_for(
     *,
     location: str | None = None,
     etag: str | None = None,
-) -> dict[str, Any]:
-    """The AuditEvent of the request ``scope`` that ended with ``status``."""
+) -> AuditFacts:
+    """What the AuditEvent of the request ``scope`` that ended with ``status`` is made of."""
     hinted = scope.get(INTERACTION_KEY)
     if isinstance(hinted, str) and hinted != interaction.code:
         interaction = Interaction(hinted, "E")
@@ -74,11 +76,11 @@ def audit_event_for(
             if isinstance(authenticated, str) and authenticated
             else Caller("anonymous")
         )
-    return build_audit_event(
+    return facts_of(
         interaction,
         caller,
         status=status,
-        recorded=format_instant(recorded),
+        recorded=recorded,
         query=bytes(scope.get("query_string") or b"").decode("latin-1"),
         address=str(client[0]) if client else None,
         location=location,
@@ -87,11 +89,26 @@ def audit_event_for(
     )
 
 
+def audit_event_for(
+    scope: Scope,
+    interaction: Interaction,
+    status: int,
+    recorded: datetime,
+    *,
+    location: str | None = None,
+    etag: str | None = None,
+) -> dict[str, Any]:
+    """The AuditEvent of the request ``scope`` that ended with ``status``."""
+    return event_from_facts(
+        audit_facts_for(scope, interaction, status, recorded, location=location, etag=etag)
+    )
+
+
 class AuditMiddleware:
     """Record an AuditEvent for every request under ``/fhir``, the token endpoints and the
     patient portal's pages and actions (``/portal``, its stylesheet excepted)."""
 
-    def __init__(self, app: ASGIApp, sink: AuditSink, now: Callable[[], datetime]) -> None:
+    def __init__(self, app: ASGIApp, sink: AuditWriter, now: Callable[[], datetime]) -> None:
         self.app = app
         self.sink = sink
         self.now = now
@@ -124,20 +141,20 @@ class AuditMiddleware:
             await self.app(scope, receive, watch)
         finally:
             # Cancelled or crashed too: still an access decision. No awaiting here.
-            event = self._event(scope, interaction, status, location, etag)
-            if event is not None:
-                self.sink.submit(event)
+            facts = self._facts(scope, interaction, status, location, etag)
+            if facts is not None:
+                self.sink.submit_facts(facts)
 
-    def _event(
+    def _facts(
         self,
         scope: Scope,
         interaction: Interaction,
         status: int,
         location: str | None,
         etag: str | None,
-    ) -> dict[str, Any] | None:
+    ) -> AuditFacts | None:
         try:
-            return audit_event_for(
+            return audit_facts_for(
                 scope, interaction, status, self.now(), location=location, etag=etag
             )
         except Exception:  # noqa: BLE001 - a bug here must not fail the request

@@ -1,7 +1,8 @@
 """Store AuditEvents off the request path: a bounded queue and one writer thread.
 
-A request only enqueues its event (:meth:`AuditSink.submit`); one background thread takes
-events off the queue and stores them in the audit trail's own table
+A request only enqueues what its event is made of (:meth:`AuditSink.submit_facts`; whole events
+through :meth:`AuditSink.submit`); one background thread builds the events, takes them off the
+queue and stores them in the audit trail's own table
 (:mod:`careplan_fhir.storage.audit_log`; searchable as AuditEvents:
 https://hl7.org/fhir/R4/auditevent.html#search), up to ``batch_size`` per transaction (500;
 200 on SQLite, whose single write turn a batch holds) and at least every ``interval`` seconds.
@@ -14,6 +15,10 @@ sent sends its next request at once, so waiting afterwards let finished requests
 the hundred, still "in flight", until the load shedder refused everyone with 503s.
 :meth:`AuditSink.flush` waits until every event submitted before it is stored (tests,
 shutdown).
+
+The server runs this writer in a process of its own (audit/process_sink.py), where its Python
+does not compete with the event loop for the GIL; in the server's own process it is the writer
+for in-memory databases and for apps built with an injected clock (tests).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from sqlalchemy import Engine
@@ -36,9 +41,32 @@ from careplan_fhir.storage.audit_log import AuditLog, prepare_event
 from careplan_fhir.storage.db import begin_write
 from careplan_fhir.storage.repository import stamp
 
+from .events import AuditFacts, event_from_facts
+
 logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
+
+
+class AuditWriter(Protocol):
+    """What the audit middleware and the app need of an audit writer (thread or process)."""
+
+    written: int
+
+    async def admit(self) -> None: ...
+
+    def submit(self, event: Event) -> None: ...
+
+    def submit_facts(self, facts: AuditFacts) -> None: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 60.0) -> None: ...
+
+    def flush(self, timeout: float = 30.0) -> None: ...
 
 
 def time_ordered_id() -> str:
@@ -72,6 +100,7 @@ class AuditSink:
         batch_size: int | None = None,
         interval: float = 0.2,
         capacity: int = 20_000,
+        on_stored: Callable[[int, int], None] | None = None,
     ) -> None:
         self.engine = engine
         self.now = now
@@ -83,7 +112,10 @@ class AuditSink:
         self.interval = interval
         self.capacity = capacity
         # Unbounded: admission (admit) bounds it to capacity plus the requests in flight.
-        self._queue: queue.Queue[Event] = queue.Queue()
+        self._queue: queue.Queue[Event | AuditFacts] = queue.Queue()
+        #: Called after each batch with how many of its events were stored and how many lost
+        #: (only at shutdown, after five failed attempts).
+        self.on_stored = on_stored
         self._lock = threading.Lock()
         self._progress = threading.Condition(self._lock)
         self._submitted = 0
@@ -92,6 +124,8 @@ class AuditSink:
         self.written = 0
         self.batches = 0
         self.failures = 0
+        #: Events given up at shutdown after repeated failures (logged as errors).
+        self.lost = 0
         self._hurry = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -108,6 +142,15 @@ class AuditSink:
         """Queue ``event`` (never blocks: :meth:`admit` is the back-pressure)."""
         self._queue.put_nowait(event)
         self._count_submitted()
+
+    def submit_facts(self, facts: AuditFacts) -> None:
+        """Queue the facts of an event; the writer builds the event (never blocks)."""
+        self._queue.put_nowait(facts)
+        self._count_submitted()
+
+    def hurry(self) -> None:
+        """Store what is queued now instead of waiting up to ``interval`` for more."""
+        self._hurry.set()
 
     def wait_for_room(self, timeout: float = 60.0) -> None:
         """:meth:`admit` for producers in threads (benchmarks, tests)."""
@@ -172,7 +215,7 @@ class AuditSink:
             elif self._stopping.is_set() and self._queue.empty():
                 return
 
-    def _next_batch(self) -> list[Event]:
+    def _next_batch(self) -> list[Event | AuditFacts]:
         """Up to ``batch_size`` events: the first to arrive, then what comes within ``interval``."""
         try:
             first = self._queue.get(timeout=self.interval)
@@ -199,7 +242,7 @@ class AuditSink:
     def _drain(self) -> None:
         """Store everything queued, in the calling thread (no writer thread running)."""
         while True:
-            batch: list[Event] = []
+            batch: list[Event | AuditFacts] = []
             while len(batch) < self.batch_size:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -209,10 +252,11 @@ class AuditSink:
                 return
             self._store(batch)
 
-    def _store(self, batch: list[Event]) -> None:
+    def _store(self, batch: list[Event | AuditFacts]) -> None:
         """Write one batch, retrying with growing pauses until it is stored."""
         pause = 0.05
         attempts = 0
+        stored = True
         while True:
             attempts += 1
             try:
@@ -229,25 +273,31 @@ class AuditSink:
                 )
                 if self._stopping.is_set() and attempts >= 5:
                     logger.error("audit sink: %d events could not be stored", len(batch))
+                    self.lost += len(batch)
+                    stored = False
                     break
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
         with self._progress:
             self._done += len(batch)
             self._progress.notify_all()
+        if self.on_stored is not None:
+            self.on_stored(len(batch) if stored else 0, 0 if stored else len(batch))
         if self._queue.empty():
             self._hurry.clear()
 
-    def _write(self, batch: list[Event]) -> None:
-        """Prepare the batch's rows, then take the write turn only to insert and commit.
+    def _write(self, batch: list[Event | AuditFacts]) -> None:
+        """Build and prepare the batch's rows, then take the write turn only to insert them.
 
-        The preparing (stamping, extracting search values: about 40 µs of Python an event)
-        happens before the transaction, so SQLite's single write turn is held for the inserts
-        alone. (Giving the GIL away every few events, to let requests in sooner, was measured
-        and made everything slower: the writer fell behind and requests waited for room.)
+        The preparing (building events from their facts, stamping, extracting search values:
+        about 50 µs of Python an event) happens before the transaction, so SQLite's single write
+        turn is held for the inserts alone. (Giving the GIL away every few events, to let
+        requests in sooner, was measured and made everything slower: the writer fell behind and
+        requests waited for room.)
         """
         prepared = []
-        for event in batch:
+        for item in batch:
+            event = item if isinstance(item, dict) else event_from_facts(item)
             resource_id = self.new_id()
             moment = self.now()
             raw = stamp(event, resource_id, 1, moment)

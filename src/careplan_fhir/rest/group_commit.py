@@ -109,7 +109,7 @@ class GroupCommit:
                 self._run(group, wait=False)
                 return
             except WriterBusy:
-                pass  # another writer of this process holds SQLite's turn: wait in a thread
+                pass  # another writer (thread or process) holds the turn: wait in a thread
         asyncio.ensure_future(self._run_in_thread(group))
 
     async def _run_in_thread(self, group: list[_Pending]) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
+import weakref
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, select
@@ -141,7 +144,7 @@ class WalCheckpointer:
 
 
 class _SqliteWriterLock:
-    """One writer at a time per process, queued in Python rather than in SQLite.
+    """One writer at a time, queued in Python and in the kernel rather than in SQLite.
 
     A write transaction takes SQLite's write lock up front (BEGIN IMMEDIATE): two deferred
     transactions that both read and then write would otherwise fail with "database is
@@ -149,12 +152,25 @@ class _SqliteWriterLock:
     busy handler waits by sleeping in growing steps, which turned a burst of creates into a
     one-second tail. The turn passes on only after COMMIT or ROLLBACK has run (the dialect's
     ``do_commit``/``do_rollback`` are wrapped), so the next writer never meets a busy file.
-    Other processes on the same file still wait in SQLite's busy handler.
+
+    Other processes on the same file (the audit writer process, ``careplan-fhir
+    load-examples`` beside a running server) queue the same way: the holder of the process's
+    turn also takes an exclusive ``flock`` on ``<database>-writer`` beside the database, and a
+    waiting process is woken by the kernel the moment it is released. (Not on the database file
+    itself: closing any descriptor of that file would drop SQLite's own POSIX locks.)
     """
 
     def __init__(self, engine: Engine) -> None:
         self._lock = threading.Lock()
         self._holder: Any = None
+        database = engine.url.database
+        self._file_path = (
+            f"{database}-writer"
+            if database and database != ":memory:" and not database.startswith("file:")
+            else None
+        )
+        self._file: int | None = None
+        self._file_locked = False
         dialect = engine.dialect
         commit, rollback = dialect.do_commit, dialect.do_rollback
 
@@ -178,8 +194,12 @@ class _SqliteWriterLock:
     def begin(self, connection: Any) -> None:
         options = connection.get_execution_options()
         if options.get("careplan_write"):
-            if not self._lock.acquire(blocking=not options.get("careplan_write_nowait")):
+            wait = not options.get("careplan_write_nowait")
+            if not self._lock.acquire(blocking=wait):
                 raise WriterBusy("another writer of this process holds the write turn")
+            if not self._lock_file(wait):
+                self._lock.release()
+                raise WriterBusy("another process holds the write turn")
             # The pool's proxy: what the dialect's do_commit/do_rollback receive.
             self._holder = connection.connection
             try:
@@ -189,6 +209,29 @@ class _SqliteWriterLock:
                 raise
         else:
             connection.exec_driver_sql("BEGIN")
+
+    def _lock_file(self, wait: bool) -> bool:
+        """Take the cross-process turn (the caller holds the process's); False when busy."""
+        if self._file_path is None:
+            return True
+        if self._file is None:
+            try:
+                self._file = os.open(self._file_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                logger.warning(
+                    "cannot open %s: writers of other processes wait in SQLite's busy handler",
+                    self._file_path,
+                    exc_info=True,
+                )
+                self._file_path = None
+                return True
+            weakref.finalize(self, os.close, self._file)
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self._file_locked = True
+        return True
 
     def checkin(self, dbapi_connection: Any, _record: Any) -> None:
         # A connection returned to the pool never keeps the writer's turn.
@@ -202,11 +245,15 @@ class _SqliteWriterLock:
             return
         if connection is holder or connection is getattr(holder, "dbapi_connection", None):
             self._holder = None
+            if self._file_locked:
+                self._file_locked = False
+                assert self._file is not None
+                fcntl.flock(self._file, fcntl.LOCK_UN)
             self._lock.release()
 
 
 class WriterBusy(RuntimeError):
-    """Another writer of this process holds SQLite's write turn (only with ``wait=False``)."""
+    """Another writer holds SQLite's write turn (only with ``wait=False``)."""
 
 
 def begin_write(connection: Connection, *, wait: bool = True) -> None:

@@ -1,0 +1,421 @@
+"""The audit writer in a process of its own: the server's requests never wait for its Python.
+
+Storing an AuditEvent takes about 50 µs of Python (building the event, stamping it, extracting
+its search values, handing rows to the driver). In the server's process that time competed with
+the event loop for the GIL: with a writer thread beside it, the loop lost the GIL to the writer
+and waited up to a switch interval to win it back, and reads served a third of what they served
+without an audit trail. Here the writer (an :class:`~careplan_fhir.audit.sink.AuditSink`, the
+same batching, retries and draining) runs in a child process, on the machine's other core:
+
+* a request's :class:`~careplan_fhir.audit.events.AuditFacts` become one line of JSON in a
+  buffer, written to the child's standard input (a pipe) once per couple of milliseconds, by
+  the event loop itself and without blocking: what the pipe cannot take yet stays buffered;
+* the child reports on its standard output how many events it has taken off the pipe
+  (``r <total>``), stored (``s <stored> <lost>``, per batch) and refused as unreadable
+  (``x <count>``); a thread of the server reads those lines, so :attr:`pending`, :meth:`admit`
+  (back-pressure: a request waits before it runs while ``capacity`` events are pending) and
+  :meth:`flush` work as they do with the thread;
+* the child ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group): it stops
+  when its standard input ends, that is when the server closes the pipe in :meth:`stop` or
+  exits, and stores everything it was sent before it exits;
+* if the child dies, the server starts another on the same pipe, whose unread events survive
+  in the kernel's buffer (the server keeps the pipe's read end open for that); events the dead
+  child had read and not stored are counted in :attr:`lost` and logged as an error.
+
+On SQLite the child writes to the same database file as the server: the two processes take the
+write turn through the lock file ``<database>-writer`` (storage/db.py), and a create on the
+event loop that finds the child writing goes to a worker thread to wait (rest/group_commit.py).
+An in-memory database cannot be shared with another process: the app uses the thread there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, Any
+
+import anyio
+import orjson
+
+from careplan_fhir.fhir import jsonio
+
+from .events import AuditFacts
+
+logger = logging.getLogger(__name__)
+
+#: How long a submitted event may wait in the server's buffer before it is written to the pipe.
+SEND_DELAY = 0.002
+#: The pipe's size asked of Linux (F_SETPIPE_SZ; the default is 64 KiB).
+PIPE_SIZE = 1 << 20
+_HURRY = b"h\n"
+
+
+class ProcessAuditSink:
+    """An audit writer process fed through a pipe (the :class:`AuditWriter` protocol)."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        capacity: int = 20_000,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.database_url = database_url
+        self.capacity = capacity
+        self.start_timeout = start_timeout
+        self._lock = threading.Lock()
+        self._progress = threading.Condition(self._lock)
+        self._submitted = 0
+        self._done = 0
+        #: Events stored so far, events lost (a child died holding them, or gave them up) and
+        #: writer processes started again after one died.
+        self.written = 0
+        self.lost = 0
+        self.restarts = 0
+        # What the pipe has not taken yet (lines, then the tail of a partly written chunk).
+        self._buffer: list[bytes] = []
+        self._unsent = b""
+        self._send_lock = threading.Lock()
+        self._send_scheduled = False
+        self._read_fd: int | None = None
+        self._write_fd: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._stopping = False
+        # Per child: events it has read off the pipe and accounted for (stored, lost, unread).
+        self._child_read = 0
+        self._child_settled = 0
+
+    # -- request side ----------------------------------------------------------------------
+
+    async def admit(self) -> None:
+        """Wait, before a request runs, while ``capacity`` events are waiting to be stored."""
+        while self.pending >= self.capacity and self._process is not None:
+            self._send_now()
+            await anyio.sleep(0.002)
+
+    def submit(self, event: dict[str, Any]) -> None:
+        """Queue a whole AuditEvent (tests, benchmarks); never blocks on the event loop."""
+        self._enqueue(jsonio.dumps(event) + b"\n")
+
+    def submit_facts(self, facts: AuditFacts) -> None:
+        """Queue the facts of a request's AuditEvent; never blocks on the event loop."""
+        self._enqueue(orjson.dumps(tuple(facts)) + b"\n")
+
+    def wait_for_room(self, timeout: float = 60.0) -> None:
+        """:meth:`admit` for producers in threads (benchmarks, tests)."""
+        deadline = time.monotonic() + timeout
+        while self.pending >= self.capacity and time.monotonic() < deadline:
+            self._send(block=True)
+            time.sleep(0.001)
+
+    @property
+    def pending(self) -> int:
+        """Events submitted and not yet stored."""
+        with self._lock:
+            return max(0, self._submitted - self._done)
+
+    def _enqueue(self, line: bytes) -> None:
+        with self._lock:
+            self._submitted += 1
+            self._buffer.append(line)
+            if self._send_scheduled:
+                return
+            self._send_scheduled = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._send(block=True)  # a thread: it may wait for the pipe
+            return
+        loop.call_later(SEND_DELAY, self._send_from_loop, loop)
+
+    def _send_from_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._send(block=False):
+            with self._lock:
+                self._send_scheduled = True
+            loop.call_later(SEND_DELAY, self._send_from_loop, loop)
+
+    def _send_now(self) -> None:
+        self._send(block=False)
+
+    def _send(self, *, block: bool) -> bool:
+        """Write what is buffered to the pipe; False when some of it is still buffered."""
+        if not self._send_lock.acquire(blocking=block):
+            return False
+        try:
+            with self._lock:
+                self._send_scheduled = False
+                lines, self._buffer = self._buffer, []
+            data = self._unsent + b"".join(lines)
+            self._unsent = b""
+            fd = self._write_fd
+            if fd is None:
+                # Not started, or stopped: kept until start() (or dropped by stop()).
+                self._unsent = data
+                return not data
+            while data:
+                try:
+                    written = os.write(fd, data)
+                except BlockingIOError:
+                    if not block:
+                        self._unsent = data
+                        return False
+                    select.select([], [fd], [], 0.05)
+                    continue
+                except BrokenPipeError:
+                    # No reader at all (cannot happen while we hold the read end): keep it.
+                    self._unsent = data
+                    return False
+                data = data[written:]
+            return True
+        finally:
+            self._send_lock.release()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._process is not None:
+            return
+        self._stopping = False
+        read_fd, write_fd = os.pipe()
+        with contextlib.suppress(OSError):  # Linux only; the default size works too
+            fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+        os.set_blocking(write_fd, False)
+        self._read_fd, self._write_fd = read_fd, write_fd
+        self._spawn()
+        self._send(block=True)
+
+    def _spawn(self) -> None:
+        assert self._read_fd is not None
+        self._child_read = 0
+        self._child_settled = 0
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "careplan_fhir.audit.process_sink", self.database_url],
+            stdin=self._read_fd,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        assert process.stdout is not None
+        ready = _read_line(process.stdout, self.start_timeout)
+        if ready != b"ready":
+            process.kill()
+            process.wait()
+            process.stdout.close()
+            raise RuntimeError(
+                f"the audit writer process did not start (exit code {process.returncode});"
+                " its error is in the log above"
+            )
+        self._process = process
+        self._reader = threading.Thread(
+            target=self._read_reports, args=(process,), name="audit-writer-reports", daemon=True
+        )
+        self._reader.start()
+        logger.info("audit writer process %d started", process.pid)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Send what is buffered, close the pipe, and wait for the child to store it all."""
+        process = self._process
+        if process is None:
+            return
+        self._send(block=True)
+        self._stopping = True
+        if self._write_fd is not None:
+            os.close(self._write_fd)
+            self._write_fd = None
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.error("audit writer process did not finish within %.0f s", timeout)
+            process.kill()
+            process.wait()
+        if self._reader is not None:
+            self._reader.join(10)
+        if self._read_fd is not None:
+            os.close(self._read_fd)
+            self._read_fd = None
+        self._process = None
+        if self.pending:
+            logger.error("audit writer: %d events were not stored", self.pending)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every event submitted before this call is stored."""
+        with self._lock:
+            target = self._submitted
+        self._send(block=True)
+        if self._write_fd is not None and self._process is not None:
+            with self._send_lock:
+                _write_all(self._write_fd, _HURRY)
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            while self._done < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"audit writer: {target - self._done} events not stored")
+                self._progress.wait(remaining)
+
+    # -- reports from the child ------------------------------------------------------------
+
+    def _read_reports(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        with process.stdout:
+            for line in process.stdout:
+                self._report(line.split())
+        process.wait()
+        if self._stopping:
+            return
+        with self._progress:
+            lost = self._child_read - self._child_settled
+            self.lost += lost
+            self._done += lost
+            self._progress.notify_all()
+        logger.error(
+            "audit writer process %d ended (exit code %s) with %d events read and not stored;"
+            " starting another",
+            process.pid,
+            process.returncode,
+            lost,
+        )
+        self.restarts += 1
+        try:
+            self._spawn()
+        except Exception:  # noqa: BLE001 - logged; admit() then waits, nothing is dropped
+            logger.exception("audit writer process could not be started again")
+            self._process = None
+
+    def _report(self, words: list[bytes]) -> None:
+        if not words:
+            return
+        with self._progress:
+            if words[0] == b"r":
+                self._child_read = int(words[1])
+            elif words[0] == b"s":
+                stored, lost = int(words[1]), int(words[2])
+                self._child_settled += stored + lost
+                self.written += stored
+                self.lost += lost
+                self._done += stored + lost
+            elif words[0] == b"x":
+                unreadable = int(words[1])
+                self.lost += unreadable
+                self._done += unreadable
+            self._progress.notify_all()
+
+    @property
+    def pid(self) -> int | None:
+        """The writer process's id, while it runs."""
+        return None if self._process is None else self._process.pid
+
+
+def _read_line(stream: IO[bytes], timeout: float) -> bytes:
+    ready, _, _ = select.select([stream], [], [], timeout)
+    if not ready:
+        return b""
+    return stream.readline().strip()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        try:
+            data = data[os.write(fd, data) :]
+        except BlockingIOError:
+            select.select([], [fd], [], 0.05)
+
+
+# -- the child -----------------------------------------------------------------------------
+
+
+class _Reports:
+    """The child's side of the report lines (written from its reader and writer threads)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def say(self, line: str) -> None:
+        with self.lock:
+            try:
+                self.stream.write(line.encode("ascii") + b"\n")
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):
+                pass  # the server is gone; keep storing what was sent
+
+
+def run_writer(database_url: str, stdin_fd: int = 0, reports: IO[bytes] | None = None) -> int:
+    """The child: read lines from ``stdin_fd`` until it ends, store them as AuditEvents."""
+    from careplan_fhir.fhir.dates import utc_now
+    from careplan_fhir.storage.db import make_engine
+
+    from .sink import AuditSink
+
+    out = _Reports(reports if reports is not None else sys.stdout.buffer)
+    # The server's checkpointer thread checkpoints the WAL, as it does for its own writes.
+    engine = make_engine(database_url, background_checkpoints=True)
+    sink = AuditSink(
+        engine,
+        now=utc_now,
+        on_stored=lambda stored, lost: out.say(f"s {stored} {lost}"),
+    )
+    sink.start()
+    out.say("ready")
+    read = 0
+    tail = b""
+    os.set_blocking(stdin_fd, True)
+    while True:
+        chunk = os.read(stdin_fd, PIPE_SIZE)
+        if not chunk:
+            break
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        unreadable = 0
+        for line in lines:
+            if line == b"h":
+                sink.hurry()
+                continue
+            try:
+                if line.startswith(b"["):
+                    sink.submit_facts(AuditFacts(*orjson.loads(line)))
+                else:
+                    event = jsonio.loads(line)
+                    if not isinstance(event, dict):
+                        raise ValueError("not an AuditEvent")
+                    sink.submit(event)
+            except Exception:  # noqa: BLE001 - a torn line after a restart; counted, not kept
+                unreadable += 1
+                continue
+            read += 1
+        out.say(f"r {read}")
+        if unreadable:
+            logger.error("audit writer: %d unreadable lines dropped", unreadable)
+            out.say(f"x {unreadable}")
+        sink.wait_for_room()
+    if tail:
+        logger.error("audit writer: an unfinished line at the end of input dropped")
+        out.say("x 1")
+    sink.stop()
+    engine.dispose()
+    return 0
+
+
+def main() -> None:
+    # A Ctrl-C or a SIGTERM sent to the server's process group must not cut the child short:
+    # it ends when the server closes the pipe (or exits), after storing what it was sent.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s audit-writer: %(message)s")
+    if len(sys.argv) != 2:
+        sys.stderr.write("usage: python -m careplan_fhir.audit.process_sink DATABASE_URL\n")
+        raise SystemExit(2)
+    raise SystemExit(run_writer(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()
