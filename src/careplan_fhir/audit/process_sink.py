@@ -4,23 +4,26 @@ Storing an AuditEvent takes about 50 µs of Python (building the event, stamping
 its search values, handing rows to the driver). In the server's process that time competed with
 the event loop for the GIL: with a writer thread beside it, the loop lost the GIL to the writer
 and waited up to a switch interval to win it back, and reads served a third of what they served
-without an audit trail. Here the writer (an :class:`~careplan_fhir.audit.sink.AuditSink`, the
-same batching, retries and draining) runs in a child process, on the machine's other core:
+without an audit trail. Here the writer (an :class:`~careplan_fhir.audit.sink.AuditSink`: the
+same event building, batching and retries) runs in a child process, on the machine's other core:
 
 * a request's :class:`~careplan_fhir.audit.events.AuditFacts` become one line of JSON in a
-  buffer, written to the child's standard input (a pipe) once per couple of milliseconds, by
+  buffer, written to the child's standard input (a pipe) a couple of milliseconds later, by
   the event loop itself and without blocking: what the pipe cannot take yet stays buffered;
-* the child reports on its standard output how many events it has taken off the pipe
-  (``r <total>``), stored (``s <stored> <lost>``, per batch) and refused as unreadable
-  (``x <count>``); a thread of the server reads those lines, so :attr:`pending`, :meth:`admit`
-  (back-pressure: a request waits before it runs while ``capacity`` events are pending) and
-  :meth:`flush` work as they do with the thread;
+* the child, one thread, reads what the pipe holds and stores a batch (``AuditSink.store``)
+  when 200 (PostgreSQL: 500) events have come, 200 ms after the first of them, or when asked to
+  hurry (a line ``h``, sent by :meth:`flush`). It reports each batch on its standard output
+  (``s <stored> <lost>``) and every unreadable line (``x <count>``); a thread of the server
+  reads those lines, so :attr:`pending`, :meth:`admit` (back-pressure: a request waits before
+  it runs while ``capacity`` events are pending) and :meth:`flush` work as with the thread;
 * the child ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group): it stops
   when its standard input ends, that is when the server closes the pipe in :meth:`stop` or
   exits, and stores everything it was sent before it exits;
-* if the child dies, the server starts another on the same pipe, whose unread events survive
-  in the kernel's buffer (the server keeps the pipe's read end open for that); events the dead
-  child had read and not stored are counted in :attr:`lost` and logged as an error.
+* if the child dies, the server reads back what the pipe still holds (it keeps the pipe's read
+  end open for that) and sends it to a new child; the events the dead child had taken and not
+  stored (the lines written to it, less those it reported and those still in the pipe) are
+  counted in :attr:`lost` and logged as an error. A line it had half read reaches the new child
+  torn, which drops it as unreadable.
 
 On SQLite the child writes to the same database file as the server: the two processes take the
 write turn through the lock file ``<database>-writer`` (storage/db.py), and a create on the
@@ -91,8 +94,9 @@ class ProcessAuditSink:
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._stopping = False
-        # Per child: events it has read off the pipe and accounted for (stored, lost, unread).
-        self._child_read = 0
+        # Per child: event lines written to its pipe, and events it accounted for (stored,
+        # lost, unreadable). If it dies, what the pipe still holds is the difference's alibi.
+        self._child_written = 0
         self._child_settled = 0
 
     # -- request side ----------------------------------------------------------------------
@@ -175,6 +179,7 @@ class ProcessAuditSink:
                     # No reader at all (cannot happen while we hold the read end): keep it.
                     self._unsent = data
                     return False
+                self._child_written += _event_lines(data[:written])
                 data = data[written:]
             return True
         finally:
@@ -196,7 +201,7 @@ class ProcessAuditSink:
 
     def _spawn(self) -> None:
         assert self._read_fd is not None
-        self._child_read = 0
+        self._child_written = 0
         self._child_settled = 0
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "careplan_fhir.audit.process_sink", self.database_url],
@@ -250,10 +255,9 @@ class ProcessAuditSink:
         """Wait until every event submitted before this call is stored."""
         with self._lock:
             target = self._submitted
+            if self._process is not None:
+                self._buffer.append(_HURRY)  # in line with the events: none is cut in two
         self._send(block=True)
-        if self._write_fd is not None and self._process is not None:
-            with self._send_lock:
-                _write_all(self._write_fd, _HURRY)
         deadline = time.monotonic() + timeout
         with self._progress:
             while self._done < target:
@@ -272,13 +276,17 @@ class ProcessAuditSink:
         process.wait()
         if self._stopping:
             return
-        with self._progress:
-            lost = self._child_read - self._child_settled
-            self.lost += lost
-            self._done += lost
-            self._progress.notify_all()
+        with self._send_lock:
+            # What the dead child had not read goes to the next one; the rest it had taken.
+            unread = self._take_back_unread()
+            with self._progress:
+                lost = self._child_written - self._child_settled - _event_lines(unread)
+                self.lost += lost
+                self._done += lost
+                self._progress.notify_all()
+                self._unsent = unread + self._unsent
         logger.error(
-            "audit writer process %d ended (exit code %s) with %d events read and not stored;"
+            "audit writer process %d ended (exit code %s) with %d events taken and not stored;"
             " starting another",
             process.pid,
             process.returncode,
@@ -295,9 +303,7 @@ class ProcessAuditSink:
         if not words:
             return
         with self._progress:
-            if words[0] == b"r":
-                self._child_read = int(words[1])
-            elif words[0] == b"s":
+            if words[0] == b"s":
                 stored, lost = int(words[1]), int(words[2])
                 self._child_settled += stored + lost
                 self.written += stored
@@ -305,9 +311,28 @@ class ProcessAuditSink:
                 self._done += stored + lost
             elif words[0] == b"x":
                 unreadable = int(words[1])
+                self._child_settled += unreadable
                 self.lost += unreadable
                 self._done += unreadable
             self._progress.notify_all()
+
+    def _take_back_unread(self) -> bytes:
+        """Read back what the pipe holds (the caller holds the send lock; the child is dead)."""
+        assert self._read_fd is not None
+        os.set_blocking(self._read_fd, False)
+        chunks = []
+        try:
+            while True:
+                try:
+                    chunk = os.read(self._read_fd, PIPE_SIZE)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.set_blocking(self._read_fd, True)
+        return b"".join(chunks)
 
     @property
     def pid(self) -> int | None:
@@ -315,19 +340,21 @@ class ProcessAuditSink:
         return None if self._process is None else self._process.pid
 
 
+def _event_lines(data: bytes) -> int:
+    """How many event lines ``data`` ends.
+
+    An event line is one JSON value and holds no raw newline before its last byte, ``]`` or
+    ``}``: every ``h\\n`` is a hurry line, and a leading newline (in what the pipe held when a
+    writer died) ends the torn tail of one.
+    """
+    return data.count(b"\n") - data.count(_HURRY) - data.startswith(b"\n")
+
+
 def _read_line(stream: IO[bytes], timeout: float) -> bytes:
     ready, _, _ = select.select([stream], [], [], timeout)
     if not ready:
         return b""
     return stream.readline().strip()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        try:
-            data = data[os.write(fd, data) :]
-        except BlockingIOError:
-            select.select([], [fd], [], 0.05)
 
 
 # -- the child -----------------------------------------------------------------------------
@@ -350,7 +377,12 @@ class _Reports:
 
 
 def run_writer(database_url: str, stdin_fd: int = 0, reports: IO[bytes] | None = None) -> int:
-    """The child: read lines from ``stdin_fd`` until it ends, store them as AuditEvents."""
+    """The child: read lines from ``stdin_fd`` until it ends, store them as AuditEvents.
+
+    One thread: it reads what the pipe holds, and stores a batch when ``batch_size`` events
+    have come, ``interval`` has passed since the first of them, or the server asked to hurry
+    (``flush``). While it stores, the pipe (and the server's buffer) hold what comes.
+    """
     from careplan_fhir.fhir.dates import utc_now
     from careplan_fhir.storage.db import make_engine
 
@@ -364,45 +396,60 @@ def run_writer(database_url: str, stdin_fd: int = 0, reports: IO[bytes] | None =
         now=utc_now,
         on_stored=lambda stored, lost: out.say(f"s {stored} {lost}"),
     )
-    sink.start()
     out.say("ready")
-    read = 0
+    batch: list[Any] = []
+    deadline = 0.0
     tail = b""
+    ended = hurry = False
     os.set_blocking(stdin_fd, True)
-    while True:
-        chunk = os.read(stdin_fd, PIPE_SIZE)
-        if not chunk:
-            break
-        lines = (tail + chunk).split(b"\n")
-        tail = lines.pop()
-        unreadable = 0
-        for line in lines:
-            if line == b"h":
-                sink.hurry()
-                continue
-            try:
-                if line.startswith(b"["):
-                    sink.submit_facts(AuditFacts(*orjson.loads(line)))
+    while not ended:
+        wait = None if not batch else max(0.0, deadline - time.monotonic())
+        readable, _, _ = select.select([stdin_fd], [], [], wait)
+        if readable:
+            chunk = os.read(stdin_fd, PIPE_SIZE)
+            ended = not chunk
+            lines = (tail + chunk).split(b"\n")
+            tail = lines.pop()
+            if not batch:
+                deadline = time.monotonic() + sink.interval
+            unreadable = 0
+            for line in lines:
+                if line == b"h":
+                    hurry = True
+                    continue
+                if not line:
+                    continue
+                item = _item(line)
+                if item is None:
+                    unreadable += 1
                 else:
-                    event = jsonio.loads(line)
-                    if not isinstance(event, dict):
-                        raise ValueError("not an AuditEvent")
-                    sink.submit(event)
-            except Exception:  # noqa: BLE001 - a torn line after a restart; counted, not kept
-                unreadable += 1
-                continue
-            read += 1
-        out.say(f"r {read}")
-        if unreadable:
-            logger.error("audit writer: %d unreadable lines dropped", unreadable)
-            out.say(f"x {unreadable}")
-        sink.wait_for_room()
+                    batch.append(item)
+            if unreadable:
+                logger.error("audit writer: %d unreadable lines dropped", unreadable)
+                out.say(f"x {unreadable}")
+        while batch and (
+            ended or hurry or len(batch) >= sink.batch_size or time.monotonic() >= deadline
+        ):
+            sink.store(batch[: sink.batch_size], final=ended)
+            batch = batch[sink.batch_size :]
+            deadline = time.monotonic() + sink.interval
+        hurry = False
     if tail:
-        logger.error("audit writer: an unfinished line at the end of input dropped")
+        logger.error("audit writer: an unfinished line at the end of its input dropped")
         out.say("x 1")
-    sink.stop()
     engine.dispose()
     return 0
+
+
+def _item(line: bytes) -> AuditFacts | dict[str, Any] | None:
+    """An event's facts (a JSON array) or a whole event (an object); None when unreadable."""
+    try:
+        if line.startswith(b"["):
+            return AuditFacts(*orjson.loads(line))
+        event = jsonio.loads(line)
+    except Exception:  # noqa: BLE001 - a torn line after a restart; counted, not kept
+        return None
+    return event if isinstance(event, dict) else None
 
 
 def main() -> None:
