@@ -509,7 +509,7 @@ def test_audit_event_ids_are_version_7_uuids_in_time_order() -> None:
     import re
     import uuid
 
-    from careplan_fhir.audit.sink import time_ordered_id
+    from careplan_fhir.fhir.ids import time_ordered_id
 
     ids = []
     for _ in range(5):

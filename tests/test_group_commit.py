@@ -8,7 +8,9 @@ once with ``asyncio.gather``), the way uvicorn hands concurrent connections' req
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,3 +144,43 @@ def test_a_failed_group_commit_stores_nothing_twice(
     found = asyncio.run(get(app, "/fhir/Patient?_count=100", system_headers)).json()
     assert found["total"] == 5
     assert {e["resource"]["id"] for e in found["entry"]} == {r.json()["id"] for r in responses}
+
+
+@pytest.mark.parametrize(("held", "in_thread"), [(0.02, 0), (0.3, 1)])
+def test_creates_that_find_the_write_turn_taken_retry_on_the_loop_then_wait_in_a_thread(
+    app: FastAPI,
+    settings: Settings,
+    system_headers: dict[str, str],
+    held: float,
+    in_thread: int,
+) -> None:
+    """Another process's writer (here: a second holder of the lock file) holds SQLite's turn.
+
+    Held briefly, the group is tried again on the event loop until the turn is free; held
+    longer than the loop's patience (50 ms), the group waits for it in a worker thread. Either
+    way every create is stored once.
+    """
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL writers take no turns")
+    lock_file = settings.database_url.removeprefix("sqlite:///") + "-writer"
+
+    async def scenario() -> list[httpx.Response]:
+        holder = os.open(lock_file, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        loop = asyncio.get_running_loop()
+
+        def release() -> None:
+            fcntl.flock(holder, fcntl.LOCK_UN)
+            os.close(holder)
+
+        loop.call_later(held, release)
+        return await post_all(app, [patient() for _ in range(5)], system_headers)
+
+    responses = asyncio.run(scenario())
+    assert [r.status_code for r in responses] == [201] * 5
+    group_commit = group_commit_of(app)
+    assert group_commit.busy >= 1
+    assert group_commit.in_thread == in_thread
+    assert group_commit.grouped == 5
+    found = asyncio.run(get(app, "/fhir/Patient?_count=100", system_headers)).json()
+    assert found["total"] == 5

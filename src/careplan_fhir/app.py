@@ -6,7 +6,6 @@ import contextlib
 import gc
 import logging
 import sys
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from careplan_fhir.auth.backend_services import backend_services_for
 from careplan_fhir.auth.keys import load_or_create_signing_key
 from careplan_fhir.auth.middleware import Authenticate, make_verifier
 from careplan_fhir.fhir.dates import utc_now
+from careplan_fhir.fhir.ids import time_ordered_id
 from careplan_fhir.fhir.outcome import issue, operation_outcome
 from careplan_fhir.http_security import CORSMiddleware, HtmlSecurityHeaders, cors_options
 from careplan_fhir.portal import pages as portal_pages
@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 
 
 def new_resource_id() -> str:
-    """A server-assigned logical id (FHIR ids: up to 64 of [A-Za-z0-9-.])."""
-    return str(uuid.uuid4())
+    """A server-assigned logical id (FHIR ids: up to 64 of [A-Za-z0-9-.]): a version 7 UUID,
+    so that ids made later sort later (careplan_fhir/fhir/ids.py says why)."""
+    return time_ordered_id()
 
 
 class LoadShedder:

@@ -11,7 +11,7 @@ same event building, batching and retries) runs in a child process, on the machi
   buffer, written to the child's standard input (a pipe) a couple of milliseconds later, by
   the event loop itself and without blocking: what the pipe cannot take yet stays buffered;
 * the child, one thread, reads what the pipe holds and stores a batch (``AuditSink.store``)
-  when 200 (PostgreSQL: 500) events have come, 200 ms after the first of them, or when asked to
+  when 500 events have come, 200 ms after the first of them, or when asked to
   hurry (a line ``h``, sent by :meth:`flush`). It reports each batch on its standard output
   (``s <stored> <lost>``) and every unreadable line (``x <count>``); a thread of the server
   reads those lines, so :attr:`pending`, :meth:`admit` (back-pressure: a request waits before
@@ -60,6 +60,8 @@ SEND_DELAY = 0.002
 #: The pipe's size asked of Linux (F_SETPIPE_SZ; the default is 64 KiB).
 PIPE_SIZE = 1 << 20
 _HURRY = b"h\n"
+#: Events per transaction in the writer process, on either backend.
+BATCH_SIZE = 500
 
 
 class ProcessAuditSink:
@@ -394,6 +396,9 @@ def run_writer(database_url: str, stdin_fd: int = 0, reports: IO[bytes] | None =
     sink = AuditSink(
         engine,
         now=utc_now,
+        # Larger batches than the thread's: here a batch costs the requests no GIL, and fewer,
+        # larger commits write fewer pages (measured over HTTP: reads +10% against 200).
+        batch_size=BATCH_SIZE,
         on_stored=lambda stored, lost: out.say(f"s {stored} {lost}"),
     )
     out.say("ready")

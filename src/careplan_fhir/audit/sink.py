@@ -24,7 +24,6 @@ for in-memory databases and for apps built with an injected clock (tests).
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -36,6 +35,7 @@ import anyio
 from sqlalchemy import Engine
 
 from careplan_fhir.fhir.dates import to_naive_utc
+from careplan_fhir.fhir.ids import time_ordered_ids
 from careplan_fhir.storage.audit_log import AuditLog, prepare_event
 from careplan_fhir.storage.db import begin_write
 from careplan_fhir.storage.repository import stamp
@@ -66,31 +66,6 @@ class AuditWriter(Protocol):
     def stop(self, timeout: float = 60.0) -> None: ...
 
     def flush(self, timeout: float = 30.0) -> None: ...
-
-
-def time_ordered_id() -> str:
-    """A version 7 UUID (RFC 9562 section 5.7): 48 bits of Unix milliseconds, then random.
-
-    AuditEvent ids only ever grow, so each new one lands at the right-hand edge of the unique
-    index on ``audit_event.res_id``: a random (version 4) id made every insert touch a random
-    page of an index that grows with every request ever made.
-    """
-    return time_ordered_ids(1)[0]
-
-
-def time_ordered_ids(count: int) -> list[str]:
-    """``count`` version 7 UUIDs of this millisecond, from one read of the system's randomness."""
-    milliseconds = (time.time_ns() // 1_000_000) & ((1 << 48) - 1)
-    head = milliseconds << 80 | 0x7 << 76 | 0b10 << 62  # version 7, the RFC 9562 variant
-    randomness = os.urandom(10 * count)
-    ids = []
-    for start in range(0, 10 * count, 10):
-        random_bits = int.from_bytes(randomness[start : start + 10], "big")
-        text = "%032x" % (  # noqa: UP031 - the fastest of the ways to spell it
-            head | ((random_bits >> 62) & 0xFFF) << 64 | (random_bits & ((1 << 62) - 1))
-        )
-        ids.append(f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}")
-    return ids
 
 
 class AuditSink:

@@ -12,10 +12,11 @@ one turn of the event loop and runs them as one transaction:
 1. each body is parsed and validated on its own; one that fails goes back to the framework
    (which answers it with the same error as always);
 2. one connection, one write transaction (SQLite's write turn is taken once, without waiting
-   on the event loop: if another writer holds it, the whole group runs in the thread pool, where
-   waiting is harmless). On PostgreSQL every create is a group of one, in the thread pool as
-   before: there concurrent transactions run side by side, and one create after another in a
-   group waited for each other's round trips;
+   on the event loop: if another writer holds it, the loop tries again every millisecond while
+   more creates join the group, and after 50 ms the group waits for the turn in the thread
+   pool, where waiting is harmless). On PostgreSQL every create is a group of one, in the
+   thread pool as before: there concurrent transactions run side by side, and one create after
+   another in a group waited for each other's round trips;
 3. the creates run one after the other; if one fails (authorization after the write, a hook),
    the transaction is rolled back and every create of the group goes to the framework to run
    alone, exactly as if it had come alone (nothing of the group was committed). Failures are
@@ -54,6 +55,10 @@ logger = logging.getLogger(__name__)
 MAX_GROUP = 64
 #: How long the first create of a group waits for others to arrive.
 GATHER_SECONDS = 0.001
+#: When another writer holds the turn: try again after this long, for at most so long, on the
+#: event loop; then wait for the turn in a worker thread.
+RETRY_SECONDS = 0.001
+BUSY_PATIENCE_SECONDS = 0.05
 
 
 @dataclass
@@ -65,6 +70,8 @@ class _Pending:
     context: FhirContext | None = None
     document: dict[str, Any] | None = None
     result: WriteResult | None = None
+    #: When this create first found the write turn taken (loop time), if it did.
+    busy_since: float | None = None
 
 
 class GroupCommit:
@@ -81,9 +88,12 @@ class GroupCommit:
         self.gather = GATHER_SECONDS if self.inline else 0.0
         self._pending: list[_Pending] = []
         self._scheduled = False
-        #: Groups committed and creates in them (for tests and benchmarks).
+        #: Groups committed and creates in them, tries that found the turn taken and groups
+        #: handed to a worker thread (for tests and benchmarks).
         self.groups = 0
         self.grouped = 0
+        self.busy = 0
+        self.in_thread = 0
 
     async def create(self, request: Request, resource_type: str, body: bytes) -> Response | None:
         """The create's answer, or None when the framework must answer it (nothing written)."""
@@ -101,16 +111,35 @@ class GroupCommit:
         while self._pending:
             group = self._pending[: self.max_group]
             self._pending = self._pending[self.max_group :]
-            self._start_group(group)
+            if not self._start_group(group):
+                # The write turn is taken: these go first next time, with the creates that
+                # arrive meanwhile.
+                self._pending = group + self._pending
+                self._scheduled = True
+                asyncio.get_running_loop().call_later(RETRY_SECONDS, self._start)
+                return
 
-    def _start_group(self, group: list[_Pending]) -> None:
+    def _start_group(self, group: list[_Pending]) -> bool:
+        """Run ``group`` (on the loop, or handed to a thread); False to try again shortly."""
         if self.inline:
             try:
                 self._run(group, wait=False)
-                return
+                return True
             except WriterBusy:
-                pass  # another writer (thread or process) holds the turn: wait in a thread
+                # Another writer (a worker thread, the audit writer process) holds the turn,
+                # most often for a few milliseconds: try again on the loop, where creates keep
+                # joining the group, rather than wait in a thread, where every group after this
+                # one would find the turn taken too and follow. After a while, wait there.
+                self.busy += 1
+                loop = asyncio.get_running_loop()
+                first = group[0]
+                if first.busy_since is None:
+                    first.busy_since = loop.time()
+                if loop.time() - first.busy_since < BUSY_PATIENCE_SECONDS:
+                    return False
+        self.in_thread += 1
         asyncio.ensure_future(self._run_in_thread(group))
+        return True
 
     async def _run_in_thread(self, group: list[_Pending]) -> None:
         try:
