@@ -31,6 +31,7 @@ recorded query), request or response bodies, resource content.
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
@@ -270,11 +271,19 @@ def network_of(address: str | None) -> dict[str, str] | None:
     """``agent.network`` for a peer address: type 2 (IP Address) or 1 (Machine Name)."""
     if not address:
         return None
+    if _is_ip_address(address):
+        return {"address": address, "type": "2"}
+    return {"address": address[:255], "type": "1"}
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip_address(address: str) -> bool:
+    # Parsed once per address (the same few clients make most requests).
     try:
         ipaddress.ip_address(address)
     except ValueError:
-        return {"address": address[:255], "type": "1"}
-    return {"address": address, "type": "2"}
+        return False
+    return True
 
 
 def agents_of(caller: Caller, address: str | None) -> list[dict[str, Any]]:
