@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from careplan_fhir.app import create_app
 from careplan_fhir.audit.events import AuditFacts, Caller, Interaction, facts_of
-from careplan_fhir.audit.process_sink import ProcessAuditSink, run_writer
+from careplan_fhir.audit.process_sink import NICENESS, ProcessAuditSink, run_writer
 from careplan_fhir.audit.sink import AuditSink
 from careplan_fhir.settings import Settings
 from careplan_fhir.storage.audit_log import event_table
@@ -120,6 +120,10 @@ def test_the_writer_outlives_signals_meant_for_the_server(
     """A Ctrl-C or SIGTERM to the process group must not cut the writer short."""
     with _server(_settings(database_url, signing_key_file)) as (client, sink):
         assert sink.pid is not None
+        # Nicer than the server: requests go first on busy cores.
+        with open(f"/proc/{sink.pid}/stat") as stat:
+            niceness = int(stat.read().split(") ", 1)[1].split()[16])
+        assert niceness == min(19, os.nice(0) + NICENESS)
         os.kill(sink.pid, signal.SIGTERM)
         os.kill(sink.pid, signal.SIGINT)
         for _ in range(5):

