@@ -35,7 +35,7 @@ from careplan_fhir.rest.errors import install_error_handlers
 from careplan_fhir.rest.fast_paths import FastPaths
 from careplan_fhir.rest.router import fhir_router
 from careplan_fhir.settings import Settings
-from careplan_fhir.storage.db import WalCheckpointer, make_engine
+from careplan_fhir.storage.db import WalCheckpointer, make_engine, sqlite_file
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def audit_writer_for(
     """
     if not settings.audit_enabled:
         return None
-    in_memory = engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
+    in_memory = engine.dialect.name == "sqlite" and sqlite_file(engine) is None
     if settings.audit_writer == "process" and not in_memory and now is utc_now:
         return ProcessAuditSink(settings.database_url)
     return AuditSink(engine, now=now)

@@ -28,7 +28,8 @@ same event building, batching and retries) runs in a child process, on the machi
 
 On SQLite the child writes to the same database file as the server: the two processes take the
 write turn through the lock file ``<database>-writer`` (storage/db.py), and a create on the
-event loop that finds the child writing goes to a worker thread to wait (rest/group_commit.py).
+event loop that finds the child writing tries again shortly, then waits in a worker thread
+(rest/group_commit.py).
 An in-memory database cannot be shared with another process: the app uses the thread there.
 """
 
@@ -109,7 +110,7 @@ class ProcessAuditSink:
     async def admit(self) -> None:
         """Wait, before a request runs, while ``capacity`` events are waiting to be stored."""
         while self.pending >= self.capacity and self._process is not None:
-            self._send_now()
+            self._send(block=False)
             await anyio.sleep(0.002)
 
     def submit(self, event: dict[str, Any]) -> None:
@@ -153,9 +154,6 @@ class ProcessAuditSink:
                 self._send_scheduled = True
             loop.call_later(SEND_DELAY, self._send_from_loop, loop)
 
-    def _send_now(self) -> None:
-        self._send(block=False)
-
     def _send(self, *, block: bool) -> bool:
         """Write what is buffered to the pipe; False when some of it is still buffered."""
         if not self._send_lock.acquire(blocking=block):
@@ -168,7 +166,7 @@ class ProcessAuditSink:
             self._unsent = b""
             fd = self._write_fd
             if fd is None:
-                # Not started, or stopped: kept until start() (or dropped by stop()).
+                # Not started, or stopped: kept until start().
                 self._unsent = data
                 return not data
             while data:
@@ -300,7 +298,7 @@ class ProcessAuditSink:
         self.restarts += 1
         try:
             self._spawn()
-        except Exception:  # noqa: BLE001 - logged; admit() then waits, nothing is dropped
+        except Exception:  # noqa: BLE001 - logged; what comes waits in the pipe and the buffer
             logger.exception("audit writer process could not be started again")
             self._process = None
 
@@ -366,19 +364,17 @@ def _read_line(stream: IO[bytes], timeout: float) -> bytes:
 
 
 class _Reports:
-    """The child's side of the report lines (written from its reader and writer threads)."""
+    """The child's side of the report lines."""
 
     def __init__(self, stream: IO[bytes]) -> None:
         self.stream = stream
-        self.lock = threading.Lock()
 
     def say(self, line: str) -> None:
-        with self.lock:
-            try:
-                self.stream.write(line.encode("ascii") + b"\n")
-                self.stream.flush()
-            except (BrokenPipeError, ValueError):
-                pass  # the server is gone; keep storing what was sent
+        try:
+            self.stream.write(line.encode("ascii") + b"\n")
+            self.stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # the server is gone; keep storing what was sent
 
 
 def run_writer(database_url: str, stdin_fd: int = 0, reports: IO[bytes] | None = None) -> int:

@@ -129,10 +129,6 @@ class AuditSink:
         self._queue.put_nowait(facts)
         self._count_submitted()
 
-    def hurry(self) -> None:
-        """Store what is queued now instead of waiting up to ``interval`` for more."""
-        self._hurry.set()
-
     def wait_for_room(self, timeout: float = 60.0) -> None:
         """:meth:`admit` for producers in threads (benchmarks, tests)."""
         deadline = time.monotonic() + timeout

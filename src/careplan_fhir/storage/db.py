@@ -147,6 +147,15 @@ class WalCheckpointer:
                 logger.warning("WAL checkpoint failed", exc_info=True)
 
 
+def sqlite_file(engine: Engine) -> str | None:
+    """The file of a SQLite engine's database; None for an in-memory one (or a ``file:`` URI,
+    which may name one) and for other backends."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return None if database.startswith("file:") else database
+
+
 class _SqliteWriterLock:
     """One writer at a time, queued in Python and in the kernel rather than in SQLite.
 
@@ -167,12 +176,8 @@ class _SqliteWriterLock:
     def __init__(self, engine: Engine) -> None:
         self._lock = threading.Lock()
         self._holder: Any = None
-        database = engine.url.database
-        self._file_path = (
-            f"{database}-writer"
-            if database and database != ":memory:" and not database.startswith("file:")
-            else None
-        )
+        database = sqlite_file(engine)
+        self._file_path = f"{database}-writer" if database else None
         self._file: int | None = None
         self._file_locked = False
         dialect = engine.dialect
