@@ -33,6 +33,7 @@ from careplan_fhir.rest.batch_transaction import batch_or_transaction
 from careplan_fhir.rest.context import Services
 from careplan_fhir.rest.errors import install_error_handlers
 from careplan_fhir.rest.fast_paths import FastPaths
+from careplan_fhir.rest.loop_database import LoopDatabase
 from careplan_fhir.rest.router import fhir_router
 from careplan_fhir.settings import Settings
 from careplan_fhir.storage.db import WalCheckpointer, make_engine, sqlite_file
@@ -119,6 +120,7 @@ def create_app(
         else None
     )
     audit_sink = audit_writer_for(settings, engine, now)
+    loop_database = LoopDatabase(engine) if engine.dialect.name == "postgresql" else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -126,7 +128,11 @@ def create_app(
             checkpointer.start()
         if audit_sink is not None:
             audit_sink.start()
+        if loop_database is not None:
+            await loop_database.open()
         yield
+        if loop_database is not None:
+            await loop_database.close()
         if audit_sink is not None:
             audit_sink.stop()  # everything queued is stored first
         if checkpointer is not None:
@@ -141,7 +147,9 @@ def create_app(
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
-    app.state.services = Services(settings=settings, engine=engine, now=now, new_id=new_id)
+    app.state.services = Services(
+        settings=settings, engine=engine, now=now, new_id=new_id, loop_database=loop_database
+    )
     app.state.wal_checkpointer = checkpointer
     app.state.audit_sink = audit_sink
     install_error_handlers(app)

@@ -54,6 +54,7 @@ import orjson
 from careplan_fhir.fhir import jsonio
 
 from .events import AuditFacts
+from .sink import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +82,9 @@ class ProcessAuditSink:
         self.database_url = database_url
         self.capacity = capacity
         self.start_timeout = start_timeout
-        self._lock = threading.Lock()
-        self._progress = threading.Condition(self._lock)
-        self._submitted = 0
-        self._done = 0
+        # Its lock also guards the buffer and the send flag.
+        self._progress = Progress()
+        self._lock = self._progress.lock
         #: Events stored so far, events lost (a child died holding them, or gave them up) and
         #: writer processes started again after one died.
         self.written = 0
@@ -131,12 +131,11 @@ class ProcessAuditSink:
     @property
     def pending(self) -> int:
         """Events submitted and not yet stored."""
-        with self._lock:
-            return max(0, self._submitted - self._done)
+        return self._progress.pending
 
     def _enqueue(self, line: bytes) -> None:
         with self._lock:
-            self._submitted += 1
+            self._progress.submitted += 1
             self._buffer.append(line)
             if self._send_scheduled:
                 return
@@ -257,17 +256,11 @@ class ProcessAuditSink:
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every event submitted before this call is stored."""
         with self._lock:
-            target = self._submitted
+            target = self._progress.submitted
             if self._process is not None:
                 self._buffer.append(_HURRY)  # in line with the events: none is cut in two
         self._send(block=True)
-        deadline = time.monotonic() + timeout
-        with self._progress:
-            while self._done < target:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"audit writer: {target - self._done} events not stored")
-                self._progress.wait(remaining)
+        self._progress.wait(target, timeout, "audit writer")
 
     # -- reports from the child ------------------------------------------------------------
 
@@ -282,11 +275,10 @@ class ProcessAuditSink:
         with self._send_lock:
             # What the dead child had not read goes to the next one; the rest it had taken.
             unread = self._take_back_unread()
-            with self._progress:
+            with self._lock:
                 lost = self._child_written - self._child_settled - _event_lines(unread)
                 self.lost += lost
-                self._done += lost
-                self._progress.notify_all()
+                self._progress.settle(lost)
                 self._unsent = unread + self._unsent
         logger.error(
             "audit writer process %d ended (exit code %s) with %d events taken and not stored;"
@@ -305,19 +297,18 @@ class ProcessAuditSink:
     def _report(self, words: list[bytes]) -> None:
         if not words:
             return
-        with self._progress:
+        with self._lock:
             if words[0] == b"s":
                 stored, lost = int(words[1]), int(words[2])
                 self._child_settled += stored + lost
                 self.written += stored
                 self.lost += lost
-                self._done += stored + lost
+                self._progress.settle(stored + lost)
             elif words[0] == b"x":
                 unreadable = int(words[1])
                 self._child_settled += unreadable
                 self.lost += unreadable
-                self._done += unreadable
-            self._progress.notify_all()
+                self._progress.settle(unreadable)
 
     def _take_back_unread(self) -> bytes:
         """Read back what the pipe holds (the caller holds the send lock; the child is dead)."""

@@ -68,6 +68,43 @@ class AuditWriter(Protocol):
     def flush(self, timeout: float = 30.0) -> None: ...
 
 
+class Progress:
+    """How many events a writer was given and how many are settled (stored or lost), with a
+    wait for the settled count; the counts of both writers, thread and process."""
+
+    def __init__(self) -> None:
+        #: Held while counting; a writer may hold it for its own state too.
+        self.lock = threading.Lock()
+        self._changed = threading.Condition(self.lock)
+        self.submitted = 0
+        self.settled = 0
+
+    @property
+    def pending(self) -> int:
+        """Events submitted and not yet settled."""
+        with self.lock:
+            return max(0, self.submitted - self.settled)
+
+    def submit(self) -> None:
+        with self.lock:
+            self.submitted += 1
+
+    def settle(self, count: int) -> None:
+        """Count ``count`` events as settled (the caller holds :attr:`lock`)."""
+        self.settled += count
+        self._changed.notify_all()
+
+    def wait(self, target: int, timeout: float, writer: str) -> None:
+        """Wait until ``target`` events are settled; TimeoutError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while self.settled < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{writer}: {target - self.settled} events not stored")
+                self._changed.wait(remaining)
+
+
 class AuditSink:
     """Batches AuditEvents into the database from one background thread."""
 
@@ -97,10 +134,7 @@ class AuditSink:
         #: Called after each batch with how many of its events were stored and how many lost
         #: (only at shutdown, after five failed attempts).
         self.on_stored = on_stored
-        self._lock = threading.Lock()
-        self._progress = threading.Condition(self._lock)
-        self._submitted = 0
-        self._done = 0
+        self._progress = Progress()
         #: Events stored so far, batches committed and write failures (each retried).
         self.written = 0
         self.batches = 0
@@ -122,12 +156,12 @@ class AuditSink:
     def submit(self, event: Event) -> None:
         """Queue ``event`` (never blocks: :meth:`admit` is the back-pressure)."""
         self._queue.put_nowait(event)
-        self._count_submitted()
+        self._progress.submit()
 
     def submit_facts(self, facts: AuditFacts) -> None:
         """Queue the facts of an event; the writer builds the event (never blocks)."""
         self._queue.put_nowait(facts)
-        self._count_submitted()
+        self._progress.submit()
 
     def wait_for_room(self, timeout: float = 60.0) -> None:
         """:meth:`admit` for producers in threads (benchmarks, tests)."""
@@ -135,15 +169,10 @@ class AuditSink:
         while self._queue.qsize() >= self.capacity and time.monotonic() < deadline:
             time.sleep(0.001)
 
-    def _count_submitted(self) -> None:
-        with self._lock:
-            self._submitted += 1
-
     @property
     def pending(self) -> int:
         """Events submitted and not yet stored."""
-        with self._lock:
-            return max(0, self._submitted - self._done)
+        return self._progress.pending
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -168,19 +197,13 @@ class AuditSink:
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every event submitted before this call is stored."""
-        with self._lock:
-            target = self._submitted
+        with self._progress.lock:
+            target = self._progress.submitted
         if self._thread is None or not self._thread.is_alive():
             self._drain()
             return
         self._hurry.set()
-        deadline = time.monotonic() + timeout
-        with self._progress:
-            while self._done < target:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"audit sink: {target - self._done} events not stored yet")
-                self._progress.wait(remaining)
+        self._progress.wait(target, timeout, "audit sink")
 
     # -- writer side -----------------------------------------------------------------------
 
@@ -257,9 +280,8 @@ class AuditSink:
                     break
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
-        with self._progress:
-            self._done += len(batch)
-            self._progress.notify_all()
+        with self._progress.lock:
+            self._progress.settle(len(batch))
         if self.on_stored is not None:
             self.on_stored(len(batch) if stored else 0, 0 if stored else len(batch))
         if self._queue.empty():

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from careplan_fhir.auth.backend_services import BackendServices
     from careplan_fhir.auth.keys import SigningKey
 
+    from .loop_database import LoopDatabase
+
 SERVED = frozenset(SERVED_TYPES)
 #: Paths under the base that are interactions, not types; other methods there get 405.
 _BASE_PATHS = frozenset({"metadata", "_history"})
@@ -53,6 +56,8 @@ class Services:
     signing_key: SigningKey | None = None
     #: The token endpoint and introspection (auth.backend_services).
     backend_services: BackendServices | None = None
+    #: PostgreSQL only: reads, searches and creates awaited on the loop (rest/loop_database.py).
+    loop_database: LoopDatabase | None = None
 
 
 class FhirContext:
@@ -84,6 +89,18 @@ class FhirContext:
                 connection.execution_options(isolation_level="AUTOCOMMIT")
             self._connection = connection
         return self._connection
+
+    @contextlib.contextmanager
+    def using(self, connection: Connection) -> Iterator[None]:
+        """Work on ``connection``, which belongs to the caller (who closes it), for a while."""
+        if self._connection is not None:
+            raise RuntimeError("this context already has a connection")
+        self._connection = connection
+        try:
+            yield
+        finally:
+            self._connection = None
+            self._repository = None
 
     def commit(self) -> None:
         """Commit the request's transaction, remembering that a write happened."""

@@ -4,8 +4,8 @@ FastAPI's routing, dependency solving and middleware cost several times the work
 read, search or create. This ASGI middleware serves the common shapes of those three itself:
 
 * read, ``GET [base]/[type]/[id]`` with no query string, no conditional header and a JSON (or
-  no) ``Accept``: straight from the stored bytes, one indexed query on a pooled DB-API
-  connection, with the same body and headers as :mod:`careplan_fhir.rest.read`;
+  no) ``Accept``: straight from the stored bytes, one indexed query, with the same body and
+  headers as :mod:`careplan_fhir.rest.read`;
 * search-type, ``GET [base]/[type]?...``: :func:`careplan_fhir.rest.search_type.search_get`;
 * create, ``POST [base]/[type]`` with a JSON body, no query string and no ``If-None-Exist``:
   :func:`careplan_fhir.rest.create.create_resource`, with the other creates of the same turn of
@@ -32,7 +32,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from anyio import to_thread
+from sqlalchemy import Connection
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from careplan_fhir.auth.access import SCOPE_KEY, UNRESTRICTED, Access
@@ -111,6 +113,23 @@ def _replay(body: bytes, complete: bool, receive: Receive) -> Receive:
     return replay
 
 
+def _stored(resource_type: str, resource_id: str, row: Any) -> StoredResource | None:
+    """The row ``(version, last_updated, raw, deleted)`` as a servable resource, or None when
+    the resource is deleted."""
+    if row[3] or row[2] is None:
+        return None
+    last_updated = row[1]
+    if isinstance(last_updated, str):  # SQLite hands back text
+        last_updated = datetime.fromisoformat(last_updated)
+    return StoredResource(0, resource_type, resource_id, row[0], last_updated, bytes(row[2]))
+
+
+def _search_on(connection: Connection, resource_type: str, context: FhirContext) -> Response:
+    """The search on ``connection`` (the loop database's: rest/loop_database.py)."""
+    with context.using(connection):
+        return search_get(resource_type, context)
+
+
 class FastPaths:
     """Serve plain reads, searches and creates; pass every other request on."""
 
@@ -141,11 +160,7 @@ class FastPaths:
             target = None  # a confined or filtered read: the framework's read checks it
         if target is not None:
             try:
-                stored = (
-                    self._lookup(*target)
-                    if self.inline
-                    else await to_thread.run_sync(self._lookup, *target)
-                )
+                stored = await self._read(*target)
             except Exception:  # noqa: BLE001 - the framework path reports it properly
                 stored = None
             if stored is not None:
@@ -163,7 +178,11 @@ class FastPaths:
         context = FhirContext(request, self.services)
         context.read_only = True
         try:
-            response = await self._run(search_get, parts[0], context)
+            database = self.services.loop_database
+            if database is not None and database.usable():
+                response = await database.run(_search_on, parts[0], context, read_only=True)
+            else:
+                response = await self._run(search_get, parts[0], context)
         except Exception:  # noqa: BLE001 - the framework path reports it properly
             return False
         finally:
@@ -197,7 +216,8 @@ class FastPaths:
 
         SQLite is a local file and a patient-scoped search takes well under a millisecond;
         handing it to threads only made it queue for the GIL (throughput fell as concurrency
-        rose). A PostgreSQL call waits on the network, so it must not hold the event loop.
+        rose). A PostgreSQL call waits on the network, so it must not hold the event loop: it
+        is awaited there (rest/loop_database.py) or, failing that, runs in a thread.
         """
         if self.inline:
             return function(*args)
@@ -219,6 +239,18 @@ class FastPaths:
                 return None
         return parts[0], parts[1]
 
+    async def _read(self, resource_type: str, resource_id: str) -> StoredResource | None:
+        """The current version, if it exists and is not deleted: inline on SQLite, awaited on
+        the loop on PostgreSQL (rest/loop_database.py), in the thread pool otherwise (an app
+        whose lifespan has not run, or a request on another event loop)."""
+        if self.inline:
+            return self._lookup(resource_type, resource_id)
+        database = self.services.loop_database
+        if database is not None and database.usable():
+            row = await database.lookup(resource_type, resource_id)
+            return None if row is None else _stored(resource_type, resource_id, row)
+        return await to_thread.run_sync(self._lookup, resource_type, resource_id)
+
     def _lookup(self, resource_type: str, resource_id: str) -> StoredResource | None:
         connection = self.services.engine.raw_connection()
         driver = connection.driver_connection
@@ -236,12 +268,7 @@ class FastPaths:
             if autocommit:
                 driver.autocommit = False  # type: ignore[union-attr]
             connection.close()
-        if row is None or row[3] or row[2] is None:
-            return None
-        last_updated = row[1]
-        if isinstance(last_updated, str):  # SQLite hands back text
-            last_updated = datetime.fromisoformat(last_updated)
-        return StoredResource(0, resource_type, resource_id, row[0], last_updated, bytes(row[2]))
+        return None if row is None else _stored(resource_type, resource_id, row)
 
     async def _respond(self, stored: StoredResource, send: Send) -> None:
         assert stored.raw is not None

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from anyio import to_thread
+from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -88,12 +89,14 @@ class GroupCommit:
         self.gather = GATHER_SECONDS if self.inline else 0.0
         self._pending: list[_Pending] = []
         self._scheduled = False
-        #: Groups committed and creates in them, tries that found the turn taken and groups
-        #: handed to a worker thread (for tests and benchmarks).
+        #: Groups committed and creates in them, tries that found the turn taken, groups
+        #: handed to a worker thread and groups awaited on the loop on PostgreSQL (for tests
+        #: and benchmarks).
         self.groups = 0
         self.grouped = 0
         self.busy = 0
         self.in_thread = 0
+        self.on_loop = 0
 
     async def create(self, request: Request, resource_type: str, body: bytes) -> Response | None:
         """The create's answer, or None when the framework must answer it (nothing written)."""
@@ -137,9 +140,28 @@ class GroupCommit:
                     first.busy_since = loop.time()
                 if loop.time() - first.busy_since < BUSY_PATIENCE_SECONDS:
                     return False
+        database = self.services.loop_database
+        if database is not None and database.usable():
+            self.on_loop += 1
+            asyncio.ensure_future(self._run_on_loop(group))
+            return True
         self.in_thread += 1
         asyncio.ensure_future(self._run_in_thread(group))
         return True
+
+    async def _run_on_loop(self, group: list[_Pending]) -> None:
+        """PostgreSQL: the group on a connection of the loop database (rest/loop_database.py),
+        its statements awaited on the loop."""
+        database = self.services.loop_database
+        assert database is not None
+        try:
+            await database.run(self._run_on, group, True)
+        except Exception:  # noqa: BLE001 - nothing committed: the framework runs each create
+            logger.warning("creates on the event loop failed", exc_info=True)
+        finally:
+            for pending in group:
+                if not pending.future.done():
+                    pending.future.set_result(None)
 
     async def _run_in_thread(self, group: list[_Pending]) -> None:
         try:
@@ -159,6 +181,13 @@ class GroupCommit:
         never been (nothing of it was committed).
         """
         connection = self.services.engine.connect()
+        try:
+            self._run_on(connection, group, wait)
+        finally:
+            connection.close()
+
+    def _run_on(self, connection: Connection, group: list[_Pending], wait: bool) -> None:
+        """:meth:`_run` on ``connection``, which the caller closes."""
         try:
             begin_write(connection, wait=wait)
             connection.begin()  # WriterBusy here, before anything ran, when wait is False
@@ -180,14 +209,11 @@ class GroupCommit:
             else:
                 connection.rollback()
         except WriterBusy:
-            connection.close()
             raise
         except BaseException:
-            connection.close()
             for pending in group:
                 self._settle(pending, None)
             raise
-        connection.close()
         for pending in group:
             self._settle(pending, None)  # the ones not answered: the framework answers them
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from careplan_fhir.fhir import jsonio
@@ -67,16 +68,40 @@ def make_engine(url: str, *, echo: bool = False, background_checkpoints: bool = 
             event.listen(engine, "connect", _no_autocheckpoint)
         _SqliteWriterLock(engine)
         return engine
-    # As many pooled connections as the thread pool has threads (40), as on SQLite: with 30,
-    # 64 clients reading had the workers queue for connections, and the slowest 1% of reads
-    # waited 205-448 ms (p99 10-29 times the median); with 40 (+10), 46-49 ms (2.1-2.2 times).
-    # A server then holds up to 50 connections: PostgreSQL's max_connections must allow it.
-    kwargs["pool_size"] = 40
+    # The server's plain reads, searches and creates go over the event loop's own connections
+    # (make_loop_engine, rest/loop_database.py: 10 + 10); this pool serves the rest, in the
+    # thread pool. A server holds up to 50 connections (30 here): PostgreSQL's
+    # max_connections must allow that for every server process.
+    kwargs["pool_size"] = 20
     kwargs["max_overflow"] = 10
     # No pre-ping (a round trip per checkout); recycle instead, and a broken connection
     # fails its request, which the client may retry.
     kwargs["pool_recycle"] = 1800
     return create_engine(url, **kwargs)
+
+
+#: Connections of the event loop's engine (:func:`make_loop_engine`). Eight clients reading or
+#: creating kept about five busy; more only mean more PostgreSQL backends contending for the
+#: cores. A request that finds them all busy waits for one, on the loop.
+LOOP_POOL_SIZE = 10
+#: How its connections show in ``pg_stat_activity``.
+LOOP_APPLICATION_NAME = "careplan-fhir loop"
+
+
+def make_loop_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    """PostgreSQL: an engine whose connections are awaited on the running event loop
+    (rest/loop_database.py); dispose of it on the same loop."""
+    return create_async_engine(
+        normalise_url(url),
+        echo=echo,
+        json_serializer=_serialise_json,
+        hide_parameters=True,
+        connect_args={"application_name": LOOP_APPLICATION_NAME},
+        pool_size=LOOP_POOL_SIZE,
+        max_overflow=0,
+        pool_timeout=10,
+        pool_recycle=1800,
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
