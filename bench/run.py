@@ -642,6 +642,12 @@ def main(argv: list[str] | None = None) -> None:
         " 150,000 AuditEvents, and a longer trail makes each insert dearer)",
     )
     parser.add_argument(
+        "--own-audit-database",
+        action="store_true",
+        help="SQLite: the audit trail in a file of its own (CAREPLAN_AUDIT_DATABASE_URL),"
+        " bench/results/bench-<careplans>-audit.db, made afresh for the run",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         default=[],
@@ -709,6 +715,17 @@ def main(argv: list[str] | None = None) -> None:
     AUTHORIZATION["Authorization"] = f"Bearer {token}"
     fhir_env = {"CAREPLAN_AUTH_SIGNING_KEY_FILE": str(key_file)}
     fhir_env.update(item.split("=", 1) for item in args.server_env)  # type: ignore[misc]
+    if args.own_audit_database:
+        if args.backend != "sqlite":
+            sys.exit("--own-audit-database is for --backend sqlite")
+        from careplan_fhir.storage.migrate import upgrade
+
+        audit_file = RESULTS / f"bench-{args.careplans}-audit.db"
+        for stale in RESULTS.glob(f"{audit_file.name}*"):
+            stale.unlink()
+        upgrade(f"sqlite:///{audit_file}")
+        fhir_env["CAREPLAN_AUDIT_DATABASE_URL"] = f"sqlite:///{audit_file}"
+        print(f"audit trail in {audit_file.relative_to(ROOT)} (new)")
     with (
         tempfile.TemporaryDirectory(prefix="careplan-bench-") as tmp,
         serve("fhir-server", fhir_command, fhir_env, fhir_port) as fhir,

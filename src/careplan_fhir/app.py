@@ -36,7 +36,7 @@ from careplan_fhir.rest.fast_paths import FastPaths
 from careplan_fhir.rest.loop_database import LoopDatabase
 from careplan_fhir.rest.router import fhir_router
 from careplan_fhir.settings import Settings
-from careplan_fhir.storage.db import WalCheckpointer, make_engine, sqlite_file
+from careplan_fhir.storage.db import WalCheckpointer, make_engine, normalise_url, sqlite_file
 
 logger = logging.getLogger(__name__)
 
@@ -88,20 +88,29 @@ class LoadShedder:
 
 
 def audit_writer_for(
-    settings: Settings, engine: Engine, now: Callable[[], datetime]
+    settings: Settings, engine: Engine, now: Callable[[], datetime], *, own_database: bool = False
 ) -> AuditWriter | None:
     """Where AuditEvents are stored from, in batches (audit/sink.py, audit/process_sink.py).
 
-    A writer process unless the settings ask for the thread, the database lives in this
-    process's memory, or the app was given a clock of its own (tests), which another process
-    cannot read.
+    ``engine`` is the audit trail's (``own_database``: not the main database). A writer
+    process unless the settings ask for the thread, the database lives in this process's
+    memory, or the app was given a clock of its own (tests), which another process cannot read.
     """
     if not settings.audit_enabled:
         return None
     in_memory = engine.dialect.name == "sqlite" and sqlite_file(engine) is None
     if settings.audit_writer == "process" and not in_memory and now is utc_now:
-        return ProcessAuditSink(settings.database_url)
+        own_checkpoints = own_database and engine.dialect.name == "sqlite"
+        return ProcessAuditSink(settings.audit_url, checkpoints=own_checkpoints)
     return AuditSink(engine, now=now)
+
+
+def audit_engine_for(settings: Settings, echo: bool = False) -> Engine | None:
+    """The audit trail's own engine, or None when the trail lives in the main database."""
+    if normalise_url(settings.audit_url) == normalise_url(settings.database_url):
+        return None
+    # No background checkpoints: the trail's writer checkpoints its WAL as it commits.
+    return make_engine(settings.audit_url, echo=echo)
 
 
 def create_app(
@@ -119,7 +128,10 @@ def create_app(
         if engine.dialect.name == "sqlite"
         else None
     )
-    audit_sink = audit_writer_for(settings, engine, now)
+    audit_engine = audit_engine_for(settings, echo=settings.echo_sql)
+    audit_sink = audit_writer_for(
+        settings, audit_engine or engine, now, own_database=audit_engine is not None
+    )
     loop_database = LoopDatabase(engine) if engine.dialect.name == "postgresql" else None
 
     @contextlib.asynccontextmanager
@@ -138,6 +150,8 @@ def create_app(
         if checkpointer is not None:
             checkpointer.stop()
         engine.dispose()
+        if audit_engine is not None:
+            audit_engine.dispose()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -148,7 +162,12 @@ def create_app(
         openapi_url="/openapi.json",
     )
     app.state.services = Services(
-        settings=settings, engine=engine, now=now, new_id=new_id, loop_database=loop_database
+        settings=settings,
+        engine=engine,
+        now=now,
+        new_id=new_id,
+        loop_database=loop_database,
+        audit_engine=audit_engine,
     )
     app.state.wal_checkpointer = checkpointer
     app.state.audit_sink = audit_sink

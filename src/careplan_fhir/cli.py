@@ -52,12 +52,15 @@ def _settings(database_url: str | None) -> Settings:
 
 @db_app.command("upgrade")
 def db_upgrade(database_url: DatabaseOption = None, revision: str = "head") -> None:
-    """Migrate the database to the newest schema."""
+    """Migrate the database (and the audit trail's, if it has one) to the newest schema."""
     from careplan_fhir.storage.migrate import upgrade
 
     settings = _settings(database_url)
     upgrade(settings.database_url, revision)
     typer.echo(f"database at {revision}: {_display_url(settings.database_url)}")
+    if settings.audit_url != settings.database_url:
+        upgrade(settings.audit_url, revision)
+        typer.echo(f"audit database at {revision}: {_display_url(settings.audit_url)}")
 
 
 #: What ``make serve`` loads: the sample patient's records and the example templates.

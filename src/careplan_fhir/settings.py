@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     #: Python then never competes with requests for the GIL), or ``thread``, a thread of the
     #: server's own process. An in-memory database always uses the thread.
     audit_writer: Literal["process", "thread"] = "process"
+    #: Where the audit trail (AuditEvents) is stored: empty, the main database; otherwise a
+    #: database of its own (migrated with the main one). On SQLite a file of its own keeps
+    #: the trail's write volume (an event per request) out of the clinical database's
+    #: write-ahead log, its checkpoints and its readers' caches (docs/audit.md, "Where the
+    #: trail is stored"). Switching moves no events already stored.
+    audit_database_url: str = ""
     #: Give every write a Provenance unless the client supplied one.
     auto_provenance: bool = True
 
@@ -80,3 +86,8 @@ class Settings(BaseSettings):
     portal_session_seconds: int = 3600
     #: The patients' time zone (IANA name): what "today" and "overdue" mean on the portal.
     portal_timezone: str = "UTC"
+
+    @property
+    def audit_url(self) -> str:
+        """The database of the audit trail: :attr:`audit_database_url`, or the main one."""
+        return self.audit_database_url or self.database_url

@@ -78,8 +78,12 @@ class ProcessAuditSink:
         *,
         capacity: int = 20_000,
         start_timeout: float = 60.0,
+        checkpoints: bool = False,
     ) -> None:
+        """``checkpoints``: the child checkpoints its SQLite database's write-ahead log itself
+        (a database of the trail's own; the server checkpoints its main database)."""
         self.database_url = database_url
+        self.checkpoints = checkpoints
         self.capacity = capacity
         self.start_timeout = start_timeout
         # Its lock also guards the buffer and the send flag.
@@ -206,7 +210,13 @@ class ProcessAuditSink:
         self._child_written = 0
         self._child_settled = 0
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "careplan_fhir.audit.process_sink", self.database_url],
+            [
+                sys.executable,
+                "-m",
+                "careplan_fhir.audit.process_sink",
+                self.database_url,
+                *(["--checkpoints"] if self.checkpoints else []),
+            ],
             stdin=self._read_fd,
             stdout=subprocess.PIPE,
             close_fds=True,
@@ -368,7 +378,13 @@ class _Reports:
             pass  # the server is gone; keep storing what was sent
 
 
-def run_writer(database_url: str, stdin_fd: int = 0, reports: IO[bytes] | None = None) -> int:
+def run_writer(
+    database_url: str,
+    stdin_fd: int = 0,
+    reports: IO[bytes] | None = None,
+    *,
+    checkpoints: bool = False,
+) -> int:
     """The child: read lines from ``stdin_fd`` until it ends, store them as AuditEvents.
 
     One thread: it reads what the pipe holds, and stores a batch when ``batch_size`` events
@@ -381,8 +397,10 @@ def run_writer(database_url: str, stdin_fd: int = 0, reports: IO[bytes] | None =
     from .sink import AuditSink
 
     out = _Reports(reports if reports is not None else sys.stdout.buffer)
-    # The server's checkpointer thread checkpoints the WAL, as it does for its own writes.
-    engine = make_engine(database_url, background_checkpoints=True)
+    # The server's checkpointer thread checkpoints the main database's WAL, as it does for
+    # its own writes; a database of the trail's own is checkpointed here, by SQLite itself
+    # after a commit that left enough pages in the WAL.
+    engine = make_engine(database_url, background_checkpoints=not checkpoints)
     sink = AuditSink(
         engine,
         now=utc_now,
@@ -458,10 +476,15 @@ def main() -> None:
     # and searches the same within noise.
     os.nice(NICENESS)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s audit-writer: %(message)s")
-    if len(sys.argv) != 2:
-        sys.stderr.write("usage: python -m careplan_fhir.audit.process_sink DATABASE_URL\n")
+    arguments = sys.argv[1:]
+    checkpoints = "--checkpoints" in arguments
+    urls = [argument for argument in arguments if argument != "--checkpoints"]
+    if len(urls) != 1:
+        sys.stderr.write(
+            "usage: python -m careplan_fhir.audit.process_sink DATABASE_URL [--checkpoints]\n"
+        )
         raise SystemExit(2)
-    raise SystemExit(run_writer(sys.argv[1]))
+    raise SystemExit(run_writer(urls[0], checkpoints=checkpoints))
 
 
 if __name__ == "__main__":

@@ -104,7 +104,9 @@ def visible_pks(ctx: FhirContext, decision: Decision, pks: Iterable[int]) -> set
     if decision.unrestricted:
         return set(wanted)
     if decision.resource_type == AUDIT_TYPE:
-        return visible_event_pks(ctx.connection, wanted, decision_criterion(ctx, decision))
+        return visible_event_pks(
+            ctx.repository.audit_connection, wanted, decision_criterion(ctx, decision)
+        )
     resource = resource_table()
     conditions = [resource.c.pk.in_(wanted), resource.c.res_type == decision.resource_type]
     conditions.extend(c.exists() for c in decision_criterion(ctx, decision))

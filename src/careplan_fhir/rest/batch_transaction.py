@@ -302,7 +302,7 @@ def run_batch(ctx: FhirContext, entries: list[_Entry], representation: bool) -> 
     responses = []
     for entry in entries:
         try:
-            with ctx.connection.begin_nested():
+            with ctx.savepoint():
                 write, search = _execute(ctx, entry)
             responses.append(_response_entry(ctx, write, search, representation))
         except (FhirError, ResourceInvalid) as cause:
@@ -326,14 +326,14 @@ def batch_or_transaction(ctx: ContextDep, body: BodyDep) -> Response:
         try:
             body_bytes = run_transaction(ctx, entries, representation)
         except EntryFailed as failed:
-            ctx.connection.rollback()
+            ctx.rollback()
             raise _with_status(failed) from None
         except FhirError:
-            ctx.connection.rollback()
+            ctx.rollback()
             raise
     else:
         body_bytes = run_batch(ctx, entries, representation)
-    ctx.connection.commit()
+    ctx.commit()
     return ctx.respond(body_bytes)
 
 

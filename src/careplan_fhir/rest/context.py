@@ -58,6 +58,8 @@ class Services:
     backend_services: BackendServices | None = None
     #: PostgreSQL only: reads, searches and creates awaited on the loop (rest/loop_database.py).
     loop_database: LoopDatabase | None = None
+    #: The audit trail's database when it is not the main one (Settings.audit_database_url).
+    audit_engine: Engine | None = None
 
 
 class FhirContext:
@@ -72,7 +74,10 @@ class FhirContext:
         self.request = request
         self.services = services
         self._connection: Connection | None = None
+        self._audit_connection: Connection | None = None
         self._repository: Repository | None = None
+        #: Whether begin_write was called (a connection opened later writes too).
+        self._writing = False
         #: False on the event loop (see storage.db.begin_write).
         self.wait_for_writer = True
         #: Whether this request committed a transaction (a write happened).
@@ -102,19 +107,66 @@ class FhirContext:
             self._connection = None
             self._repository = None
 
+    @property
+    def audit_connection(self) -> Connection:
+        """The audit trail's connection: :attr:`connection`, unless the trail has a database
+        of its own (then a connection of its own, committed and closed with this context)."""
+        engine = self.services.audit_engine
+        if engine is None:
+            return self.connection
+        if self._audit_connection is None:
+            connection = engine.connect()
+            if self._writing:
+                begin_write(connection, wait=self.wait_for_writer)
+            self._audit_connection = connection
+        return self._audit_connection
+
     def commit(self) -> None:
-        """Commit the request's transaction, remembering that a write happened."""
+        """Commit the request's transaction, remembering that a write happened.
+
+        With an audit database of its own, its transaction commits first: if the main one
+        then fails, the trail holds an event whose Provenance is missing, never the reverse.
+        """
+        if self._audit_connection is not None:
+            self._audit_connection.commit()
         self.connection.commit()
         self.committed_once = True
+
+    def rollback(self) -> None:
+        """Roll back the request's transaction (the audit trail's too, if it has its own)."""
+        if self._audit_connection is not None:
+            self._audit_connection.rollback()
+        self.connection.rollback()
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A savepoint on the request's connection, and on the audit trail's when it has a
+        database of its own: an error inside undoes what was written there too."""
+        with self.connection.begin_nested():
+            if self.services.audit_engine is None:
+                yield
+            else:
+                with self.audit_connection.begin_nested():
+                    yield
 
     @property
     def repository(self) -> Repository:
         if self._repository is None:
             services = self.services
-            self._repository = Repository(self.connection, now=services.now, new_id=services.new_id)
+            self._repository = Repository(
+                self.connection,
+                now=services.now,
+                new_id=services.new_id,
+                audit_connection=(
+                    None if services.audit_engine is None else lambda: self.audit_connection
+                ),
+            )
         return self._repository
 
     def close(self) -> None:
+        if self._audit_connection is not None:
+            self._audit_connection.close()
+            self._audit_connection = None
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -150,7 +202,10 @@ class FhirContext:
         return None
 
     def begin_write(self) -> None:
+        self._writing = True
         begin_write(self.connection, wait=self.wait_for_writer)
+        if self._audit_connection is not None:
+            begin_write(self._audit_connection, wait=self.wait_for_writer)
 
     def url_of(self, stored: StoredResource, *, versioned: bool = False) -> str:
         url = f"{self.base_url}/{stored.resource_type}/{stored.id}"

@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from careplan_fhir.auth.access import SCOPE_KEY, UNRESTRICTED, Access
 from careplan_fhir.errors import NotAcceptable
+from careplan_fhir.storage.audit_log import AUDIT_TYPE
 from careplan_fhir.storage.repository import StoredResource
 
 from .context import SERVED, FhirContext, Services, resource_headers
@@ -179,7 +180,8 @@ class FastPaths:
         context.read_only = True
         try:
             database = self.services.loop_database
-            if database is not None and database.usable():
+            own_audit = parts[0] == AUDIT_TYPE and self.services.audit_engine is not None
+            if database is not None and database.usable() and not own_audit:
                 response = await database.run(_search_on, parts[0], context, read_only=True)
             else:
                 response = await self._run(search_get, parts[0], context)

@@ -43,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from careplan_fhir.fhir.outcome import issue
+from careplan_fhir.storage.audit_log import AUDIT_TYPE
 from careplan_fhir.storage.db import WriterBusy, begin_write
 
 from .context import FhirContext, Services, check_resource, parse_document
@@ -218,7 +219,11 @@ class GroupCommit:
             self._settle(pending, None)  # the ones not answered: the framework answers them
 
     def _prepare(self, pending: _Pending, connection: Any) -> bool:
-        """Parse and validate; an invalid body is the framework's to answer."""
+        """Parse and validate; an invalid body is the framework's to answer, and so is an
+        AuditEvent when the trail has a database of its own (whose transaction the group's
+        commit would not cover)."""
+        if pending.resource_type == AUDIT_TYPE and self.services.audit_engine is not None:
+            return False
         context = FhirContext(pending.request, self.services)
         context._connection = connection  # the group's: shared, closed once by the group
         pending.context = context

@@ -137,8 +137,12 @@ class Repository:
         *,
         now: Callable[[], datetime],
         new_id: Callable[[], str],
+        audit_connection: Callable[[], Connection] | None = None,
     ) -> None:
+        """``audit_connection`` gives the connection of the audit trail's database, when it
+        is not ``connection``'s (``Settings.audit_database_url``); asked for on first use."""
         self.connection = connection
+        self._audit_connection = audit_connection
         # The JSON(B) copy serves SQL-side inspection on PostgreSQL; on SQLite it would only
         # triple the bytes every write puts through the WAL.
         self._keep_content = connection.dialect.name == "postgresql"
@@ -147,14 +151,28 @@ class Repository:
         )
         self.now = now
         self.new_id = new_id
-        self._audit = AuditLog(connection)
+        self._audit_log: AuditLog | None = None
+
+    @property
+    def audit_connection(self) -> Connection:
+        """The connection of the audit trail's database (``connection`` unless it has one of
+        its own)."""
+        if self._audit_connection is None:
+            return self.connection
+        return self._audit_connection()
+
+    @property
+    def audit_log(self) -> AuditLog:
+        if self._audit_log is None:
+            self._audit_log = AuditLog(self.audit_connection)
+        return self._audit_log
 
     # -- reads -----------------------------------------------------------------------------
 
     def find(self, resource_type: str, resource_id: str) -> StoredResource | None:
         """The current version (deleted ones included), or None if the id never existed."""
         if resource_type == AUDIT_TYPE:
-            event = self._audit.find(resource_id)
+            event = self.audit_log.find(resource_id)
             if event is None:
                 return None
             pk, last_updated, raw = event
@@ -239,7 +257,7 @@ class Repository:
         raw = stamp(document, resource_id, 1, moment)
         stored_moment = _naive(moment)
         if resource_type == AUDIT_TYPE:
-            pk = self._audit.insert(resource_id, stored_moment, raw, document)
+            pk = self.audit_log.insert(resource_id, stored_moment, raw, document)
             return StoredResource(
                 pk, resource_type, resource_id, 1, stored_moment, raw, False, "POST"
             )
@@ -331,7 +349,7 @@ class Repository:
             prepared.append(
                 (resource_id, _naive(moment), stamp(document, resource_id, 1, moment), document)
             )
-        pks = iter(self._audit.insert_many(prepared))
+        pks = iter(self.audit_log.insert_many(prepared))
         stored_events = iter(
             StoredResource(next(pks), AUDIT_TYPE, resource_id, 1, moment, raw, False, "POST")
             for resource_id, moment, raw, _ in prepared
@@ -427,7 +445,7 @@ class Repository:
         so later pages neither repeat nor skip entries while others write.
         """
         if resource_type == AUDIT_TYPE:
-            events, total, snapshot = self._audit.history(
+            events, total, snapshot = self.audit_log.history(
                 resource_id,
                 since=_naive(since) if since is not None else None,
                 at=_naive(at) if at is not None else None,

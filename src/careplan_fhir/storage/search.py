@@ -1051,7 +1051,7 @@ def run_search(repository: Repository, request: SearchRequest) -> SearchResult:
     if request.resource_type in OWN_STORAGE:  # the audit trail: its own table
         from .audit_search import run_audit_search
 
-        return run_audit_search(repository.connection, request)
+        return run_audit_search(repository.audit_connection, request)
     connection: Connection = repository.connection
     statements = _Statements(request)
     wants_total = request.total != "none" or request.summary == "count"
