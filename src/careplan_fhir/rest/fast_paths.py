@@ -45,6 +45,7 @@ from careplan_fhir.storage.repository import StoredResource
 from .context import SERVED, FhirContext, Services, resource_headers
 from .formats import response_format
 from .group_commit import GroupCommit
+from .loop_database import current_row_sql
 from .search_type import search_get
 
 T = TypeVar("T")
@@ -142,10 +143,7 @@ class FastPaths:
         self.inline = engine.dialect.name == "sqlite"  # a local file: no network wait
         self.autocommit = engine.dialect.name == "postgresql"
         marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-        self.sql = (
-            "SELECT version, last_updated, raw, deleted FROM resource"
-            f" WHERE res_type = {marker} AND res_id = {marker}"
-        )
+        self.sql = current_row_sql(marker)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/fhir/"):

@@ -55,9 +55,17 @@ READ_WAIT_SECONDS = 5.0
 #: How the reads' connections show in ``pg_stat_activity``.
 READS_APPLICATION_NAME = "careplan-fhir reads"
 
-_SQL = (
-    "SELECT version, last_updated, raw, deleted FROM resource WHERE res_type = %s AND res_id = %s"
-)
+
+def current_row_sql(marker: str) -> str:
+    """The plain read's statement: ``(version, last_updated, raw, deleted)`` of one resource,
+    with ``marker`` (the driver's placeholder) for its type and id."""
+    return (
+        "SELECT version, last_updated, raw, deleted FROM resource"
+        f" WHERE res_type = {marker} AND res_id = {marker}"
+    )
+
+
+_SQL = current_row_sql("%s")
 
 
 def conninfo_of(url: str) -> str:
