@@ -56,4 +56,5 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) careplan.db careplan.db-shm careplan.db-wal
+	rm -rf $(VENV) careplan.db careplan.db-shm careplan.db-wal careplan.db-writer \
+		careplan-audit.db careplan-audit.db-shm careplan-audit.db-wal careplan-audit.db-writer

@@ -342,7 +342,8 @@ AUTHORIZATION: dict[str, str] = {}
 
 
 def report_audit_trail(url: str, *, clear: bool) -> None:
-    """Print how many AuditEvents earlier runs left in the database; delete them if asked."""
+    """Print how many AuditEvents earlier runs left in the main database; delete them if asked
+    (left there, the server warns of them at start-up)."""
     from sqlalchemy import text
 
     from careplan_fhir.storage.db import make_engine
@@ -355,7 +356,8 @@ def report_audit_trail(url: str, *, clear: bool) -> None:
                 connection.execute(text("DELETE FROM audit_event_key"))
                 connection.execute(text("DELETE FROM audit_event"))
         print(
-            f"audit trail: {count} AuditEvents from earlier runs" + (", deleted" if clear else "")
+            f"audit trail: {count} AuditEvents from earlier runs in the main database"
+            + (", deleted" if clear else "")
         )
         if clear and count and engine.dialect.name == "sqlite":
             # The deleted rows' pages went to SQLite's free list, scattered over the file: the
@@ -370,6 +372,34 @@ def report_audit_trail(url: str, *, clear: bool) -> None:
             print(f"  VACUUM in {time.monotonic() - started:.0f} s")
     finally:
         engine.dispose()
+
+
+def prepare_audit_database(database_url: str, audit_setting: str) -> None:
+    """Make the audit trail's database ready for the server, which runs with --no-migrate.
+
+    The server's default sibling file (SQLite: ``bench-<careplans>-audit.db``) is made afresh,
+    so that every run starts with an empty trail; a database set by hand is only migrated.
+    """
+    from sqlalchemy import make_url
+
+    from careplan_fhir.settings import audit_database_for, sibling_audit_url
+    from careplan_fhir.storage.db import display_url
+    from careplan_fhir.storage.migrate import upgrade
+
+    audit_url = audit_database_for(database_url, audit_setting)
+    if audit_url == database_url:
+        print("audit trail in the main database")
+        return
+    if audit_url == sibling_audit_url(database_url):
+        audit_file = Path(str(make_url(audit_url).database))
+        for stale in audit_file.parent.glob(f"{audit_file.name}*"):
+            stale.unlink()
+        upgrade(audit_url)
+        shown = audit_file.relative_to(ROOT) if audit_file.is_relative_to(ROOT) else audit_file
+        print(f"audit trail in {shown} (new)")
+        return
+    upgrade(audit_url)
+    print(f"audit trail in {display_url(audit_url)} (CAREPLAN_AUDIT_DATABASE_URL, kept)")
 
 
 def system_token(key_file: Path, audience: str) -> str:
@@ -638,15 +668,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--clear-audit",
         action="store_true",
-        help="with --reuse: empty the audit trail that earlier runs left (each run adds about"
-        " 150,000 AuditEvents, and a longer trail makes each insert dearer)",
+        help="with --reuse: empty the audit trail that earlier runs left in the main database"
+        " (--audit-in-main runs, older checkouts; each run adds about 150,000 AuditEvents, and a"
+        " longer trail makes each insert dearer). The trail's own file is new for every run",
     )
     parser.add_argument(
-        "--own-audit-database",
+        "--audit-in-main",
         action="store_true",
-        help="SQLite: the audit trail in a file of its own (CAREPLAN_AUDIT_DATABASE_URL),"
-        " bench/results/bench-<careplans>-audit.db, made afresh for the run",
+        help="SQLite: keep the audit trail in the main database (CAREPLAN_AUDIT_DATABASE_URL=main),"
+        " the old layout; by default it is in bench/results/bench-<careplans>-audit.db, the"
+        " server's default sibling file, made afresh for each run",
     )
+    # The default now: accepted so that older command lines still run.
+    parser.add_argument("--own-audit-database", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--only",
         action="append",
@@ -715,17 +749,16 @@ def main(argv: list[str] | None = None) -> None:
     AUTHORIZATION["Authorization"] = f"Bearer {token}"
     fhir_env = {"CAREPLAN_AUTH_SIGNING_KEY_FILE": str(key_file)}
     fhir_env.update(item.split("=", 1) for item in args.server_env)  # type: ignore[misc]
-    if args.own_audit_database:
-        if args.backend != "sqlite":
-            sys.exit("--own-audit-database is for --backend sqlite")
-        from careplan_fhir.storage.migrate import upgrade
-
-        audit_file = RESULTS / f"bench-{args.careplans}-audit.db"
-        for stale in RESULTS.glob(f"{audit_file.name}*"):
-            stale.unlink()
-        upgrade(f"sqlite:///{audit_file}")
-        fhir_env["CAREPLAN_AUDIT_DATABASE_URL"] = f"sqlite:///{audit_file}"
-        print(f"audit trail in {audit_file.relative_to(ROOT)} (new)")
+    if args.audit_in_main and args.own_audit_database:
+        sys.exit("--audit-in-main and --own-audit-database contradict each other")
+    if args.audit_in_main:
+        fhir_env["CAREPLAN_AUDIT_DATABASE_URL"] = "main"
+    prepare_audit_database(
+        manifest.url,
+        fhir_env.get(
+            "CAREPLAN_AUDIT_DATABASE_URL", os.environ.get("CAREPLAN_AUDIT_DATABASE_URL", "")
+        ),
+    )
     with (
         tempfile.TemporaryDirectory(prefix="careplan-bench-") as tmp,
         serve("fhir-server", fhir_command, fhir_env, fhir_port) as fhir,

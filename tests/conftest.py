@@ -20,7 +20,7 @@ from sqlmodel import SQLModel
 
 from careplan_fhir.app import create_app
 from careplan_fhir.auth.keys import load_or_create_signing_key
-from careplan_fhir.settings import Settings
+from careplan_fhir.settings import Settings, sibling_audit_url
 from careplan_fhir.storage import tables  # noqa: F401
 from careplan_fhir.storage.db import make_engine, normalise_url
 from tests.tokens import SYSTEM_SCOPE, TEST_BASE, mint_token
@@ -90,12 +90,18 @@ def _truncate(engine: Engine) -> None:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database with the current schema."""
+    """A fresh, empty database with the current schema.
+
+    On SQLite the audit trail's file beside it (``test-audit.db``, where the default settings
+    keep the trail) gets the schema too.
+    """
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'test.db'}"
-        engine = make_engine(url)
-        SQLModel.metadata.create_all(engine)
-        engine.dispose()
+        for each in (url, sibling_audit_url(url)):
+            assert each is not None
+            engine = make_engine(each)
+            SQLModel.metadata.create_all(engine)
+            engine.dispose()
         return url
     engine = request.getfixturevalue("postgres_engine")
     _truncate(engine)

@@ -236,7 +236,7 @@ def test_stopping_the_server_stores_every_queued_event(
     with audited_server(settings, signing_key_file) as s:
         for _ in range(40):
             assert s.client.get("/fhir/metadata").status_code == 200
-    engine = make_engine(database_url)
+    engine = make_engine(settings.audit_url)
     try:
         with engine.connect() as connection:
             count = connection.execute(text("SELECT count(*) FROM audit_event")).scalar_one()

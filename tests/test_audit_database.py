@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from careplan_fhir.app import create_app
+from careplan_fhir.app import audit_engine_for, create_app
 from careplan_fhir.audit.process_sink import ProcessAuditSink
 from careplan_fhir.cli import app as cli_app
 from careplan_fhir.settings import Settings
@@ -112,8 +112,22 @@ def test_a_client_s_audit_event_is_stored_in_the_trail_s_database(
         assert posted.status_code == 201, posted.text
         read = client.get(f"/fhir/AuditEvent/{posted.json()['id']}", headers=system)
         assert read.json()["source"]["observer"]["display"] == "a partner system"
+    # Under an id of the client's own (create-on-update), committed in the trail's database.
+    put = client.put(
+        "/fhir/AuditEvent/partner-1",
+        json={**_audit_event(pid), "id": "partner-1"},
+        headers={**system, **FHIR_JSON},
+    )
+    assert put.status_code == 201, put.text
+    assert client.get("/fhir/AuditEvent/partner-1", headers=system).status_code == 200
+    again = client.put(
+        "/fhir/AuditEvent/partner-1",
+        json={**_audit_event(pid), "id": "partner-1"},
+        headers={**system, **FHIR_JSON},
+    )
+    assert again.status_code in (403, 405), again.text
     found = server.search("/fhir/AuditEvent?type=110110")
-    assert len(found) == 2
+    assert len(found) == 3
     assert _events(main) == 0
 
 
@@ -213,8 +227,54 @@ def test_a_writer_with_a_database_of_its_own_checkpoints_it(
         assert frames > 1000
 
 
-def test_the_trail_in_the_main_database_is_the_default(signing_key_file: Path) -> None:
-    settings = Settings(auth_signing_key_file=str(signing_key_file))
-    assert settings.audit_url == settings.database_url
-    own = Settings(audit_database_url="sqlite:///elsewhere.db")
-    assert own.audit_url == "sqlite:///elsewhere.db"
+@pytest.mark.parametrize(
+    ("database_url", "audit_database_url", "expected"),
+    [
+        # The default: a SQLite file gets a sibling file, query string kept.
+        ("sqlite:///./careplan.db", "", "sqlite:///./careplan-audit.db"),
+        ("sqlite:////srv/fhir/main.sqlite3", "", "sqlite:////srv/fhir/main-audit.sqlite3"),
+        ("sqlite:///data/careplan", "", "sqlite:///data/careplan-audit"),
+        (
+            "sqlite+pysqlite:////data/c.db?timeout=5&cached_statements=50",
+            "",
+            "sqlite+pysqlite:////data/c-audit.db?timeout=5&cached_statements=50",
+        ),
+        # In memory, a file: URI, PostgreSQL: the main database.
+        ("sqlite://", "", "sqlite://"),
+        ("sqlite:///:memory:", "", "sqlite:///:memory:"),
+        ("sqlite:///file:c.db?mode=ro&uri=true", "", "sqlite:///file:c.db?mode=ro&uri=true"),
+        ("postgresql://u:secret@db/careplan", "", "postgresql://u:secret@db/careplan"),
+        # ``main``: the main database always; a URL: that database.
+        ("sqlite:///./careplan.db", "main", "sqlite:///./careplan.db"),
+        ("postgresql://db/careplan", "main", "postgresql://db/careplan"),
+        ("sqlite:///./careplan.db", "sqlite:///elsewhere.db", "sqlite:///elsewhere.db"),
+        ("postgresql://db/careplan", "postgresql://db/trail", "postgresql://db/trail"),
+    ],
+)
+def test_where_the_trail_is_by_default_and_when_set(
+    database_url: str, audit_database_url: str, expected: str
+) -> None:
+    settings = Settings(database_url=database_url, audit_database_url=audit_database_url)
+    assert settings.audit_url == expected
+    own = audit_engine_for(settings)
+    try:
+        assert (own is None) == (expected == database_url)
+    finally:
+        if own is not None:
+            own.dispose()
+
+
+def test_the_default_sibling_follows_the_database_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers of ``serve`` get the main URL only (``CAREPLAN_DATABASE_URL``): the trail's
+    file is found from it."""
+    monkeypatch.delenv("CAREPLAN_AUDIT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("CAREPLAN_DATABASE_URL", raising=False)
+    assert Settings().audit_url == "sqlite:///./careplan-audit.db"
+    monkeypatch.setenv("CAREPLAN_DATABASE_URL", f"sqlite:///{tmp_path / 'other.db'}")
+    assert Settings().audit_url == f"sqlite:///{tmp_path / 'other-audit.db'}"
+    result = CliRunner().invoke(cli_app, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert f"audit database at head: sqlite:///{tmp_path / 'other-audit.db'}" in result.output
+    assert _events(tmp_path / "other-audit.db") == 0

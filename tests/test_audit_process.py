@@ -26,7 +26,7 @@ from careplan_fhir.app import create_app
 from careplan_fhir.audit.events import AuditFacts, Caller, Interaction, facts_of
 from careplan_fhir.audit.process_sink import NICENESS, ProcessAuditSink, run_writer
 from careplan_fhir.audit.sink import AuditSink
-from careplan_fhir.settings import Settings
+from careplan_fhir.settings import Settings, audit_database_for
 from careplan_fhir.storage.audit_log import event_table
 from careplan_fhir.storage.db import make_engine
 from tests.tokens import SYSTEM_SCOPE, TEST_BASE, bearer, mint_token
@@ -111,7 +111,7 @@ def test_the_server_stores_audit_events_from_a_process_of_its_own(
     assert not _alive(pid)
     assert sink.pending == 0
     # 1 create, 20 reads, 2 searches (the second search's own event came after the first).
-    assert _stored(database_url) == 23
+    assert _stored(audit_database_for(database_url)) == 23
 
 
 def test_the_writer_outlives_signals_meant_for_the_server(
@@ -154,7 +154,7 @@ def test_a_writer_that_dies_is_replaced_and_the_events_waiting_in_the_pipe_survi
         sink.flush()
         assert sink.lost == 0
         assert sink.written == 12
-    assert _stored(database_url) == 12
+    assert _stored(audit_database_for(database_url)) == 12
 
 
 def test_requests_wait_while_the_writer_is_behind_and_go_on_when_it_catches_up(
@@ -195,7 +195,8 @@ def test_a_create_waits_for_another_process_holding_the_write_turn(
 
     migrate.upgrade(url)
     headers = bearer(mint_token(signing_key_file, SYSTEM_SCOPE))
-    with _server(_settings(url, signing_key_file)) as (client, sink):
+    # The trail in the same file: the writer process is the other process taking the turn.
+    with _server(_settings(url, signing_key_file, audit_database_url="main")) as (client, sink):
         assert client.post("/fhir/Patient", json=PATIENT, headers=headers).status_code == 201
         sink.flush()
         # Another open file description is another holder, as another process would be.

@@ -36,7 +36,14 @@ from careplan_fhir.rest.fast_paths import FastPaths
 from careplan_fhir.rest.loop_database import LoopDatabase
 from careplan_fhir.rest.router import fhir_router
 from careplan_fhir.settings import Settings
-from careplan_fhir.storage.db import WalCheckpointer, make_engine, normalise_url, sqlite_file
+from careplan_fhir.storage.audit_move import holds_audit_events
+from careplan_fhir.storage.db import (
+    WalCheckpointer,
+    display_url,
+    make_engine,
+    normalise_url,
+    sqlite_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +120,20 @@ def audit_engine_for(settings: Settings, echo: bool = False) -> Engine | None:
     return make_engine(settings.audit_url, echo=echo)
 
 
+def warn_of_audit_events_left_in_main(settings: Settings, engine: Engine) -> None:
+    """Log a warning when the trail has a database of its own but the main one (``engine``)
+    still holds AuditEvents: reads and searches no longer find them until they are moved."""
+    if holds_audit_events(engine):
+        logger.warning(
+            "the main database %s still holds AuditEvents, but the audit trail is stored in %s"
+            " (CAREPLAN_AUDIT_DATABASE_URL): reads and searches do not find them there. Run"
+            " `careplan-fhir db upgrade` to move them (docs/audit.md, 'Where the trail is"
+            " stored').",
+            display_url(settings.database_url),
+            display_url(settings.audit_url),
+        )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -142,6 +163,8 @@ def create_app(
             audit_sink.start()
         if loop_database is not None:
             await loop_database.open()
+        if audit_engine is not None:
+            warn_of_audit_events_left_in_main(settings, engine)
         yield
         if loop_database is not None:
             await loop_database.close()

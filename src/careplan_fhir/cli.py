@@ -38,9 +38,9 @@ DatabaseOption = Annotated[
 
 def _display_url(url: str) -> str:
     """The database URL with its password masked, for logs."""
-    from sqlalchemy import make_url
+    from careplan_fhir.storage.db import display_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    return display_url(url)
 
 
 def _settings(database_url: str | None) -> Settings:
@@ -58,9 +58,54 @@ def db_upgrade(database_url: DatabaseOption = None, revision: str = "head") -> N
     settings = _settings(database_url)
     upgrade(settings.database_url, revision)
     typer.echo(f"database at {revision}: {_display_url(settings.database_url)}")
-    if settings.audit_url != settings.database_url:
+    if _own_audit_database(settings):
         upgrade(settings.audit_url, revision)
         typer.echo(f"audit database at {revision}: {_display_url(settings.audit_url)}")
+        _move_audit_trail(settings)
+
+
+@db_app.command("move-audit")
+def db_move_audit(database_url: DatabaseOption = None) -> None:
+    """Move the AuditEvents the main database still holds into the audit trail's database
+    (both already migrated; ``db upgrade`` does this too)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    settings = _settings(database_url)
+    if not _own_audit_database(settings):
+        typer.echo(
+            f"the audit trail is in the main database ({_display_url(settings.database_url)}):"
+            " nothing to move"
+        )
+        return
+    try:
+        moved = _move_audit_trail(settings)
+    except SQLAlchemyError as exc:
+        typer.echo(
+            f"error: {type(exc).__name__} ({exc.__cause__ or exc}); are both databases"
+            " migrated? (careplan-fhir db upgrade)",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    if moved == 0:
+        typer.echo("audit trail: no events to move")
+
+
+def _own_audit_database(settings: Settings) -> bool:
+    from careplan_fhir.storage.db import normalise_url
+
+    return normalise_url(settings.audit_url) != normalise_url(settings.database_url)
+
+
+def _move_audit_trail(settings: Settings) -> int:
+    from careplan_fhir.storage.audit_move import move_audit_events
+
+    moved = move_audit_events(settings.database_url, settings.audit_url)
+    if moved:
+        typer.echo(
+            f"audit trail: moved {moved} events from {_display_url(settings.database_url)}"
+            f" to {_display_url(settings.audit_url)}"
+        )
+    return moved
 
 
 #: What ``make serve`` loads: the sample patient's records and the example templates.

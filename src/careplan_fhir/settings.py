@@ -6,6 +6,7 @@ Nothing reads the environment at import time: build a :class:`Settings` and pass
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import BaseModel
@@ -68,11 +69,14 @@ class Settings(BaseSettings):
     #: Python then never competes with requests for the GIL), or ``thread``, a thread of the
     #: server's own process. An in-memory database always uses the thread.
     audit_writer: Literal["process", "thread"] = "process"
-    #: Where the audit trail (AuditEvents) is stored: empty, the main database; otherwise a
-    #: database of its own (migrated with the main one). On SQLite a file of its own keeps
-    #: the trail's write volume (an event per request) out of the clinical database's
-    #: write-ahead log, its checkpoints and its readers' caches (docs/audit.md, "Where the
-    #: trail is stored"). Switching moves no events already stored.
+    #: Where the audit trail (AuditEvents) is stored (:func:`audit_database_for`): empty, the
+    #: default, a sibling file when the main database is a SQLite file (``careplan.db`` →
+    #: ``careplan-audit.db``) and the main database otherwise; ``main``, the main database
+    #: always; anything else, the URL of a database of its own. A database of its own is
+    #: migrated with the main one, and ``careplan-fhir db upgrade`` moves the events the main
+    #: database still holds into it. On SQLite a file of its own keeps the trail's write
+    #: volume (an event per request) out of the clinical database's write-ahead log, its
+    #: checkpoints and its readers' caches (docs/audit.md, "Where the trail is stored").
     audit_database_url: str = ""
     #: Give every write a Provenance unless the client supplied one.
     auto_provenance: bool = True
@@ -89,5 +93,47 @@ class Settings(BaseSettings):
 
     @property
     def audit_url(self) -> str:
-        """The database of the audit trail: :attr:`audit_database_url`, or the main one."""
-        return self.audit_database_url or self.database_url
+        """The URL of the audit trail's database (:func:`audit_database_for`)."""
+        return audit_database_for(self.database_url, self.audit_database_url)
+
+
+#: The value of ``audit_database_url`` that keeps the trail in the main database.
+AUDIT_IN_MAIN = "main"
+
+
+def audit_database_for(database_url: str, audit_database_url: str = "") -> str:
+    """The audit trail's database for these two settings (``Settings.audit_url``).
+
+    ``audit_database_url`` ``main`` is the main database, any other non-empty value a URL of
+    its own; empty is :func:`sibling_audit_url` where there is one, else the main database.
+    """
+    if audit_database_url == AUDIT_IN_MAIN:
+        return database_url
+    if audit_database_url:
+        return audit_database_url
+    return sibling_audit_url(database_url) or database_url
+
+
+def sibling_audit_url(database_url: str) -> str | None:
+    """For a SQLite database in a file, its audit trail's file beside it: same directory,
+    ``<stem>-audit<suffix>``, same query string (``sqlite:///./careplan.db`` →
+    ``sqlite:///./careplan-audit.db``). None for an in-memory database, a ``file:`` URI (which
+    may name one; the rule of ``storage.db.sqlite_file``) and other backends."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(database_url)
+    except ArgumentError:
+        return None
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):
+        return None
+    folder, name = os.path.split(database)
+    stem, suffix = os.path.splitext(name)
+    sibling = url.set(database=os.path.join(folder, f"{stem}-audit{suffix}"), query={})
+    # The query string as written (SQLAlchemy would render its parameters sorted).
+    _, mark, query = database_url.partition("?")
+    return sibling.render_as_string(hide_password=False) + mark + query

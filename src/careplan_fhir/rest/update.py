@@ -78,7 +78,7 @@ def update(resource_type: str, resource_id: str, ctx: ContextDep, body: BodyDep)
     if_match = if_match_version(ctx)
     ctx.begin_write()
     result = update_resource(ctx, document, resource_id, if_match)
-    ctx.connection.commit()
+    ctx.commit()
     return write_response(ctx, result)
 
 
@@ -89,5 +89,5 @@ def update_conditional(resource_type: str, ctx: ContextDep, body: BodyDep) -> Re
     if_match = if_match_version(ctx)
     ctx.begin_write()
     result = conditional_update(ctx, document, ctx.request.url.query, if_match)
-    ctx.connection.commit()
+    ctx.commit()
     return write_response(ctx, result)

@@ -35,6 +35,13 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def display_url(url: str) -> str:
+    """The database URL with its password masked, for logs and messages."""
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def make_engine(url: str, *, echo: bool = False, background_checkpoints: bool = False) -> Engine:
     """Create the engine; SQLite gets WAL, foreign keys and a busy timeout.
 
