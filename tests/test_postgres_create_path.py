@@ -1,6 +1,7 @@
-"""On PostgreSQL a server-id create writes its rows in one statement (storage/repository.py
-``_PostgresCreate``); a client-id create goes through SQLAlchemy. Both must leave the same rows
-(apart from keys and ids)."""
+"""On PostgreSQL a server-id create writes its rows in one statement: alone
+(storage/repository.py ``_PostgresCreate``), or held with the other creates of a fast-path
+group and written with them (storage/pending_creates.py); a client-id create goes through
+SQLAlchemy. All three must leave the same rows (apart from keys and ids)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from careplan_fhir.settings import Settings
+from tests.test_group_commit import group_commit_of
 
 TABLE_COLUMNS = {
-    "resource": "res_type, version, deleted, raw IS NULL, content IS NULL, last_updated IS NULL",
+    "resource": "res_type, version, deleted, raw IS NULL, content - 'id' - 'meta',"
+    " last_updated IS NULL",
     "resource_version": "res_type, version, method, raw IS NULL",
     "idx_token": "res_type, param, system, code",
     "idx_string": "res_type, param, value_norm, value_exact",
@@ -40,13 +43,22 @@ OBSERVATION = {
 }
 
 
-def test_one_statement_and_sqlalchemy_creates_store_the_same_rows(
+def test_held_one_statement_and_sqlalchemy_creates_store_the_same_rows(
     client: TestClient, settings: Settings
 ) -> None:
     url = settings.database_url
     if not url.startswith("postgresql"):
-        pytest.skip("the one-statement create path is PostgreSQL's")
-    assert client.post("/fhir/Observation", json=OBSERVATION).status_code == 201
+        pytest.skip("the one-statement create paths are PostgreSQL's")
+    # The fast path: held by the group commit, written by storage/pending_creates.py.
+    held = client.post("/fhir/Observation", json=OBSERVATION)
+    assert held.status_code == 201
+    keys = group_commit_of(client.app).keys  # type: ignore[arg-type]
+    assert keys is not None and keys.draws == 1  # its key came from a block drawn for it
+    # If-None-Exist keeps it off the fast path: the framework's create, _PostgresCreate.
+    alone = client.post(
+        "/fhir/Observation", json=OBSERVATION, headers={"If-None-Exist": "_id=nothing-such"}
+    )
+    assert alone.status_code == 201
     chosen = dict(OBSERVATION, id="chosen")
     assert client.put("/fhir/Observation/chosen", json=chosen).status_code == 201
     engine = create_engine(url)
@@ -56,25 +68,35 @@ def test_one_statement_and_sqlalchemy_creates_store_the_same_rows(
                 text("SELECT res_id, pk FROM resource WHERE res_type = 'Observation'")
             ).all()
         )
-        fast_pk, orm_pk = next(pk for rid, pk in pks.items() if rid != "chosen"), pks["chosen"]
+        held_pk, alone_pk = pks[held.json()["id"]], pks[alone.json()["id"]]
+        orm_pk = pks["chosen"]
         kinds_seen = 0
         for table, columns in TABLE_COLUMNS.items():
             pk_column = "pk" if table == "resource" else "resource_pk"
             query = text(
                 f"SELECT {columns} FROM {table} WHERE {pk_column} = :pk ORDER BY {columns}"
             )
-            first = connection.execute(query, {"pk": fast_pk}).all()
-            second = connection.execute(query, {"pk": orm_pk}).all()
-            assert first == second, table
+            first = connection.execute(query, {"pk": held_pk}).all()
+            second = connection.execute(query, {"pk": alone_pk}).all()
+            third = connection.execute(query, {"pk": orm_pk}).all()
+            assert first == second == third, table
             kinds_seen += bool(first)
-        raw = connection.execute(
-            text(
-                "SELECT r.raw = v.raw FROM resource r JOIN resource_version v ON v.resource_pk"
-                " = r.pk WHERE r.pk = :pk"
-            ),
-            {"pk": fast_pk},
+        for pk in (held_pk, alone_pk):
+            same = connection.execute(
+                text(
+                    "SELECT r.raw = v.raw AND r.content = convert_from(r.raw, 'UTF8')::jsonb"
+                    " FROM resource r JOIN resource_version v ON v.resource_pk = r.pk"
+                    " WHERE r.pk = :pk"
+                ),
+                {"pk": pk},
+            ).scalar_one()
+            assert same is True
+        stored = connection.execute(
+            text("SELECT raw FROM resource WHERE pk = :pk"), {"pk": held_pk}
         ).scalar_one()
     engine.dispose()
-    assert raw is True
+    # The bytes served are the bytes stored, decimals as sent.
+    assert client.get(f"/fhir/Observation/{held.json()['id']}").content == bytes(stored)
+    assert b'"value":38.5' in bytes(stored)
     # resource, version, token, reference, date, quantity at least
     assert kinds_seen >= 6

@@ -28,6 +28,7 @@ from careplan_fhir.fhir import jsonio
 from careplan_fhir.fhir.models import SERVED_TYPES, resource_from_xml, validate_resource
 from careplan_fhir.settings import Settings
 from careplan_fhir.storage.db import begin_write
+from careplan_fhir.storage.pending_creates import PendingCreates
 from careplan_fhir.storage.repository import Repository, StoredResource, parse_version_tag
 from careplan_fhir.storage.search import parse_search, run_search
 
@@ -84,6 +85,9 @@ class FhirContext:
         self.committed_once = False
         #: Set before first use when the request only reads (searches on the fast path).
         self.read_only = False
+        #: PostgreSQL, set before first use by the group commit: where the repository holds
+        #: its server-id creates until the group writes them (storage/pending_creates.py).
+        self.pending_creates: PendingCreates | None = None
 
     @property
     def connection(self) -> Connection:
@@ -160,6 +164,7 @@ class FhirContext:
                 audit_connection=(
                     None if services.audit_engine is None else lambda: self.audit_connection
                 ),
+                pending=self.pending_creates,
             )
         return self._repository
 

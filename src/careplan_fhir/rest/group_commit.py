@@ -14,16 +14,21 @@ one turn of the event loop and runs them as one transaction:
 2. one connection, one write transaction (SQLite's write turn is taken once, without waiting
    on the event loop: if another writer holds it, the loop tries again every millisecond while
    more creates join the group, and after 50 ms the group waits for the turn in the thread
-   pool, where waiting is harmless). On PostgreSQL every create is a group of one, in the
-   thread pool as before: there concurrent transactions run side by side, and one create after
-   another in a group waited for each other's round trips;
+   pool, where waiting is harmless). On PostgreSQL the group does not wait for more creates
+   (the ones that arrived while the loop was busy form it) and is awaited on the loop; its
+   creates are held (storage/pending_creates.py) and written, with their Provenances, by one
+   statement, run on its own in autocommit mode when nothing else was sent: one round trip for
+   the group instead of four per create (measured over HTTP, 8 clients: 702 creates/s alone,
+   1,319/s in groups);
 3. the creates run one after the other; if one fails (authorization after the write, a hook),
    the transaction is rolled back and every create of the group goes to the framework to run
    alone, exactly as if it had come alone (nothing of the group was committed). Failures are
    rare here (invalid bodies were sorted out in step 1), and a SAVEPOINT per create, to undo
    one alone, made every create a third slower;
 4. one COMMIT; then each answer is made. If the COMMIT fails nothing was stored, and every
-   create of the group goes to the framework to be tried on its own.
+   create of the group goes to the framework to be tried on its own (on PostgreSQL, when the
+   group's statement ran on its own, the rows were committed by it: the group is answered as
+   stored, never run twice).
 
 Nothing about a single create changes: the same validation, authorization, Provenance,
 hooks and answer, in the same order, and a create is acknowledged only once its transaction
@@ -45,6 +50,7 @@ from starlette.responses import Response
 from careplan_fhir.fhir.outcome import issue
 from careplan_fhir.storage.audit_log import AUDIT_TYPE
 from careplan_fhir.storage.db import WriterBusy, begin_write
+from careplan_fhir.storage.pending_creates import PendingCreates, PrimaryKeys, hold_creates
 
 from .context import FhirContext, Services, check_resource, parse_document
 from .create import create_resource
@@ -82,12 +88,13 @@ class GroupCommit:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.inline = services.engine.dialect.name == "sqlite"
-        # PostgreSQL runs concurrent transactions side by side, and a create there waits on a
-        # dozen network round trips: creates run one after another in a group waited for each
-        # other (measured: 186 creates/s grouped against 260 alone). There, each create is its
-        # own group, in a thread of its own, as before group commit.
-        self.max_group = MAX_GROUP if self.inline else 1
+        self.postgres = services.engine.dialect.name == "postgresql"
+        self.max_group = MAX_GROUP
+        # PostgreSQL: no wait for more creates. Whatever arrived while the loop was busy forms
+        # the group, and the next group forms while this one waits for its one round trip.
         self.gather = GATHER_SECONDS if self.inline else 0.0
+        #: PostgreSQL: keys for the creates held in a group (storage/pending_creates.py).
+        self.keys = PrimaryKeys() if self.postgres else None
         self._pending: list[_Pending] = []
         self._scheduled = False
         #: Groups committed and creates in them, tries that found the turn taken, groups
@@ -189,17 +196,17 @@ class GroupCommit:
 
     def _run_on(self, connection: Connection, group: list[_Pending], wait: bool) -> None:
         """:meth:`_run` on ``connection``, which the caller closes."""
+        held = None
+        if self.keys is not None:
+            held = PendingCreates(self.keys)
+            hold_creates(connection, held)
         try:
             begin_write(connection, wait=wait)
             connection.begin()  # WriterBusy here, before anything ran, when wait is False
-            ready = [p for p in group if self._prepare(p, connection)]
+            ready = [p for p in group if self._prepare(p, connection, held)]
             done = all(self._create_one(p) for p in ready)
             if done:
-                try:
-                    connection.commit()
-                except Exception:  # noqa: BLE001 - nothing stored: each create goes alone
-                    logger.warning("group commit of %d creates failed", len(ready), exc_info=True)
-                    done = False
+                done = self._commit(connection, held, len(ready))
             if done:
                 self.groups += 1
                 self.grouped += len(ready)
@@ -218,7 +225,28 @@ class GroupCommit:
         for pending in group:
             self._settle(pending, None)  # the ones not answered: the framework answers them
 
-    def _prepare(self, pending: _Pending, connection: Any) -> bool:
+    @staticmethod
+    def _commit(connection: Connection, held: PendingCreates | None, count: int) -> bool:
+        """Commit the group; False when nothing of it was stored.
+
+        On PostgreSQL the held rows go first, by one statement; when that statement ran on its
+        own (autocommit), it stored them, and the COMMIT after it has nothing left to do: if
+        that fails all the same, the group is stored and must not be run again.
+        """
+        stored = False
+        try:
+            if held is not None:
+                stored = held.flush(connection, last=True)
+            connection.commit()
+        except Exception:  # noqa: BLE001 - unless stored, each create goes alone
+            if stored:
+                logger.warning("COMMIT after the group's own statement failed", exc_info=True)
+                return True
+            logger.warning("group commit of %d creates failed", count, exc_info=True)
+            return False
+        return True
+
+    def _prepare(self, pending: _Pending, connection: Any, held: PendingCreates | None) -> bool:
         """Parse and validate; an invalid body is the framework's to answer, and so is an
         AuditEvent when the trail has a database of its own (whose transaction the group's
         commit would not cover)."""
@@ -226,6 +254,7 @@ class GroupCommit:
             return False
         context = FhirContext(pending.request, self.services)
         context._connection = connection  # the group's: shared, closed once by the group
+        context.pending_creates = held
         pending.context = context
         try:
             pending.document = check_resource(

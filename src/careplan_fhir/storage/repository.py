@@ -29,6 +29,7 @@ from careplan_fhir.fhir.dates import format_instant
 
 from .audit_log import AUDIT_TYPE, AuditLog
 from .indexing import IndexEntries, extract_index_entries
+from .pending_creates import PendingCreates
 from .tables import (
     DateIndexRow,
     QuantityIndexRow,
@@ -138,9 +139,12 @@ class Repository:
         now: Callable[[], datetime],
         new_id: Callable[[], str],
         audit_connection: Callable[[], Connection] | None = None,
+        pending: PendingCreates | None = None,
     ) -> None:
         """``audit_connection`` gives the connection of the audit trail's database, when it
-        is not ``connection``'s (``Settings.audit_database_url``); asked for on first use."""
+        is not ``connection``'s (``Settings.audit_database_url``); asked for on first use.
+        ``pending`` (PostgreSQL): server-id creates are held there, to be written with the
+        other creates of a group by one statement (storage/pending_creates.py)."""
         self.connection = connection
         self._audit_connection = audit_connection
         # The JSON(B) copy serves SQL-side inspection on PostgreSQL; on SQLite it would only
@@ -150,6 +154,7 @@ class Repository:
             _sqlite_writer(connection.dialect) if connection.dialect.name == "sqlite" else None
         )
         self._postgres = _POSTGRES_CREATE if connection.dialect.name == "postgresql" else None
+        self._pending = pending if self._postgres is not None else None
         self.now = now
         self.new_id = new_id
         self._audit_log: AuditLog | None = None
@@ -281,6 +286,11 @@ class Repository:
                 raise ResourceConflict(f"{resource_type}/{resource_id} already exists") from None
         elif self._sqlite is not None:
             pk = self._sqlite.create(self.connection, values, document)
+            return StoredResource(
+                pk, resource_type, resource_id, 1, stored_moment, raw, False, "POST"
+            )
+        elif self._pending is not None:
+            pk = self._pending.add(self.connection, values, extract_index_entries(document))
             return StoredResource(
                 pk, resource_type, resource_id, 1, stored_moment, raw, False, "POST"
             )
