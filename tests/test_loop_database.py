@@ -128,6 +128,76 @@ def test_searches_and_creates_run_on_the_loop(pg_app: tuple[FastAPI, TestClient]
     assert client.get("/fhir/Task").json()["total"] == 0
 
 
+def _framework_search(client: TestClient, url: str) -> httpx.Response:
+    """The same search through the framework's POST _search route (a worker thread)."""
+    path, _, query = url.partition("?")
+    return client.post(
+        f"{path}/_search",
+        content=query,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+
+
+def test_planned_searches_answer_as_the_framework_does(
+    pg_app: tuple[FastAPI, TestClient],
+) -> None:
+    """Searches without included resources run as statements compiled by
+    storage.search.plan_search and fetched over the reads' pool: same Bundles, page after
+    page, as the framework's search (SQLAlchemy's execution in a worker thread)."""
+    app, client = pg_app
+    database = _database(app)
+    patient_id = client.post("/fhir/Patient", json=patient()).json()["id"]
+    other_id = client.post("/fhir/Patient", json=patient(gender="male")).json()["id"]
+    for day in (3, 1, 5, 2, 4):
+        plan = care_plan(
+            patient_id, period={"start": f"2026-03-0{day}", "end": f"2026-04-0{day}"}
+        )
+        assert client.post("/fhir/CarePlan", json=plan).status_code == 201
+    client.post("/fhir/CarePlan", json=care_plan(other_id))
+    client.post("/fhir/Task", json=task(patient_id))
+    client.post("/fhir/Task", json=task(patient_id, status="completed"))
+    mine = f"patient=Patient/{patient_id}&category=assess-plan"
+    searches = [
+        f"/fhir/CarePlan?{mine}",  # one page holds them all: no count
+        f"/fhir/CarePlan?{mine}&_count=2",  # a full page: the count runs too
+        f"/fhir/CarePlan?{mine}&_sort=-date&_count=2",
+        f"/fhir/CarePlan?{mine}&_total=none&_count=2",
+        f"/fhir/CarePlan?{mine}&_summary=true",
+        "/fhir/CarePlan?_lastUpdated=gt2000-01-01&_sort=_lastUpdated",
+        f"/fhir/CarePlan?patient={other_id}&date=ge2026-03-01",
+        f"/fhir/Task?patient={patient_id}&status=requested",
+        "/fhir/CarePlan?patient=Patient/no-such-patient",
+    ]
+    pages = 0
+    for url in searches:
+        while url:
+            fetches, runs = database.fetches, database.runs
+            fast = client.get(url)
+            assert database.runs == runs, url  # not through SQLAlchemy's execution
+            assert database.fetches > fetches, url
+            framework = _framework_search(client, url)
+            assert fast.status_code == framework.status_code == 200, url
+            assert fast.json() == framework.json(), url
+            pages += 1
+            links = {link["relation"]: link["url"] for link in fast.json()["link"]}
+            url = links.get("next", "").removeprefix("http://testserver")
+            if "previous" in links:  # the way back pages the same way
+                back = links["previous"].removeprefix("http://testserver")
+                assert client.get(back).json() == _framework_search(client, back).json()
+    assert pages > len(searches)  # the paged searches had more than one page
+    bundle = client.get(f"/fhir/CarePlan?{mine}&_count=2").json()
+    assert bundle["total"] == 5
+    assert [e["resource"]["period"]["start"] for e in bundle["entry"]] == [
+        "2026-03-03",
+        "2026-03-01",
+    ]
+    by_date = client.get(f"/fhir/CarePlan?{mine}&_sort=-date&_count=2").json()
+    assert [e["resource"]["period"]["start"] for e in by_date["entry"]] == [
+        "2026-03-05",
+        "2026-03-04",
+    ]
+
+
 def test_connections_killed_under_the_loop_cost_no_request(
     pg_app: tuple[FastAPI, TestClient], postgres_engine: Engine
 ) -> None:
@@ -155,10 +225,10 @@ def test_connections_killed_under_the_loop_cost_no_request(
         lambda: len(_backends(postgres_engine, READS_APPLICATION_NAME) - killed) == READ_POOL_SIZE
     )
     assert not _backends(postgres_engine, READS_APPLICATION_NAME) & killed
-    reads, runs = database.reads, database.runs
+    reads, fetches = database.reads, database.fetches
     assert client.get(url).status_code == 200
     assert client.get(f"/fhir/Patient?_id={patient_id}").status_code == 200
-    assert (database.reads, database.runs) == (reads + 1, runs + 1)
+    assert (database.reads, database.fetches) == (reads + 1, fetches + 1)
 
 
 def test_the_loop_database_opens_and_closes_with_the_app(
@@ -171,7 +241,8 @@ def test_the_loop_database_opens_and_closes_with_the_app(
         assert database.usable() is False  # this thread runs no event loop
         patient_id = client.post("/fhir/Patient", json=patient()).json()["id"]
         assert client.get(f"/fhir/Patient/{patient_id}").status_code == 200
-        assert (database.reads, database.runs) == (1, 1)
+        assert client.get(f"/fhir/Patient?_id={patient_id}").json()["total"] == 1
+        assert (database.reads, database.fetches, database.runs) == (1, 1, 1)
     names = (READS_APPLICATION_NAME, LOOP_APPLICATION_NAME)
     _wait_for(lambda: not any(_backends(postgres_engine, name) for name in names))
     assert [_backends(postgres_engine, name) for name in names] == [set(), set()]
@@ -181,7 +252,8 @@ def test_the_loop_database_opens_and_closes_with_the_app(
         plain = TestClient(bare, headers=system_headers)
         assert plain.get(f"/fhir/Patient/{patient_id}").status_code == 200
         assert plain.get(f"/fhir/Patient?_id={patient_id}").json()["total"] == 1
-        assert (_database(bare).reads, _database(bare).runs) == (0, 0)
+        counts = (_database(bare).reads, _database(bare).fetches, _database(bare).runs)
+        assert counts == (0, 0, 0)
     finally:
         bare.state.services.engine.dispose()
 
@@ -204,12 +276,13 @@ def test_requests_on_another_event_loop_take_the_thread_path(
                 await other.post("/fhir/Task", json=task(patient_id)),
             ]
 
-    counts = database.reads, database.runs
+    counts = database.reads, database.fetches, database.runs
     read, search, create = asyncio.run(elsewhere())
     assert read.json()["id"] == patient_id
     assert search.json()["total"] == 1
     assert create.status_code == 201
-    assert (database.reads, database.runs) == counts  # none over the TestClient loop's pools
+    # None over the TestClient loop's pools.
+    assert (database.reads, database.fetches, database.runs) == counts
     assert client.get("/fhir/Task").json()["total"] == 1
 
 

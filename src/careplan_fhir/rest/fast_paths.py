@@ -30,6 +30,7 @@ import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from anyio import to_thread
 from sqlalchemy import Connection
@@ -41,12 +42,13 @@ from careplan_fhir.auth.access import SCOPE_KEY, UNRESTRICTED, Access
 from careplan_fhir.errors import NotAcceptable
 from careplan_fhir.storage.audit_log import AUDIT_TYPE
 from careplan_fhir.storage.repository import StoredResource
+from careplan_fhir.storage.search import plan_search
 
 from .context import SERVED, FhirContext, Services, resource_headers
 from .formats import response_format
 from .group_commit import GroupCommit
-from .loop_database import current_row_sql
-from .search_type import search_get
+from .loop_database import LoopDatabase, current_row_sql
+from .search_type import result_bundle, search_get, search_request
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -179,8 +181,11 @@ class FastPaths:
         try:
             database = self.services.loop_database
             own_audit = parts[0] == AUDIT_TYPE and self.services.audit_engine is not None
+            response = None
             if database is not None and database.usable() and not own_audit:
-                response = await database.run(_search_on, parts[0], context, read_only=True)
+                response = await self._search_planned(database, parts[0], context)
+                if response is None:
+                    response = await database.run(_search_on, parts[0], context, read_only=True)
             else:
                 response = await self._run(search_get, parts[0], context)
         except Exception:  # noqa: BLE001 - the framework path reports it properly
@@ -189,6 +194,26 @@ class FastPaths:
             context.close()
         await response(scope, receive, send)
         return True
+
+    async def _search_planned(
+        self, database: LoopDatabase, resource_type: str, context: FhirContext
+    ) -> Response | None:
+        """PostgreSQL: the search's statements compiled here and awaited on the driver
+        (storage.search.plan_search), the rest (parsing, authorization, the Bundle) as the
+        route does it; None when the search needs more than its page and count statements
+        (included resources), for :meth:`LoopDatabase.run` to run it as the route does."""
+        params = parse_qsl(context.request.url.query, keep_blank_values=True)
+        request = search_request(context, resource_type, params)
+        plan = plan_search(request, self.services.engine.dialect)
+        if plan is None:
+            return None
+        rows = await database.fetch(plan.page.sql, plan.page.parameters)
+        count = plan.count_query(rows)
+        total = None
+        if count is not None:
+            total = int((await database.fetch(count.sql, count.parameters))[0][0])
+        result = plan.finish(rows, total)
+        return context.respond(result_bundle(context, params, request, result))
 
     async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
         parts = scope["path"][6:].split("/")

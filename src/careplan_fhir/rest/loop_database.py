@@ -9,12 +9,14 @@ other requests run meanwhile.
 
 :class:`LoopDatabase` holds a SQLAlchemy asyncio engine over psycopg's asynchronous connections
 (``create_async_engine``), made when the app's lifespan starts and disposed when it ends, and
-offers two things to :mod:`careplan_fhir.rest.fast_paths` and
+offers three things to :mod:`careplan_fhir.rest.fast_paths` and
 :mod:`careplan_fhir.rest.group_commit`:
 
 * :meth:`LoopDatabase.lookup`: the plain read, one prepared statement over a small pool of
   psycopg's own (``psycopg_pool.AsyncConnectionPool``, which replaces a connection that broke
   or came back in the middle of a query), without SQLAlchemy's statement machinery;
+* :meth:`LoopDatabase.fetch`: the rows of one statement the caller compiled (a search's,
+  planned by :func:`careplan_fhir.storage.search.plan_search`), on the same pool;
 * :meth:`LoopDatabase.run`: any of the server's ordinary (synchronous) interaction functions,
   run by ``AsyncConnection.run_sync`` in a greenlet on the loop: the same code as in a worker
   thread, whose every statement is awaited on the loop instead of blocking.
@@ -36,6 +38,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from psycopg import AsyncConnection
+from psycopg.rows import namedtuple_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -87,8 +90,9 @@ class LoopDatabase:
         self._engine: AsyncEngine | None = None
         self._reads: AsyncConnectionPool[AsyncConnection[Any]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: Reads looked up and interactions run here (tests, benchmarks).
+        #: Reads looked up, statements fetched and interactions run here (tests, benchmarks).
         self.reads = 0
+        self.fetches = 0
         self.runs = 0
 
     async def open(self) -> None:
@@ -151,6 +155,21 @@ class LoopDatabase:
         if row is None:
             return None
         return row[0], row[1], row[2], row[3]
+
+    async def fetch(self, sql: str, parameters: dict[str, Any]) -> list[Any]:
+        """The rows (named tuples) of one read-only statement, on a connection of the reads'
+        pool (autocommit, as :meth:`lookup`): a search planned by
+        :func:`careplan_fhir.storage.search.plan_search`, without SQLAlchemy's execution
+        and its greenlet. Raises whatever psycopg or the pool raise (the caller falls back)."""
+        pool = self._reads
+        if pool is None:
+            raise RuntimeError("the loop database is not open")
+        async with pool.connection() as connection:
+            cursor = connection.cursor(row_factory=namedtuple_row)
+            await cursor.execute(sql, parameters)
+            rows = await cursor.fetchall()
+        self.fetches += 1
+        return rows
 
     async def run(
         self,

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from careplan_fhir.errors import UnsupportedMediaType
 from careplan_fhir.fhir import jsonio
 from careplan_fhir.fhir.outcome import issue, operation_outcome
-from careplan_fhir.storage.search import parse_search, run_search
+from careplan_fhir.storage.search import SearchRequest, SearchResult, parse_search, run_search
 
 from .authorization import filter_included, guard_search
 from .bundles import bundle_bytes, entry_bytes
@@ -23,8 +23,11 @@ router = APIRouter()
 _NOT_IN_LINKS = {"_after", "_before", "_format", "_pretty"}
 
 
-def search_bundle(ctx: FhirContext, resource_type: str, params: list[tuple[str, str]]) -> bytes:
-    """Run a search and return the searchset Bundle's JSON bytes."""
+def search_request(
+    ctx: FhirContext, resource_type: str, params: list[tuple[str, str]]
+) -> SearchRequest:
+    """The parsed search, with the criteria authorization adds (refused here if no scope
+    allows it)."""
     settings = ctx.settings
     request = parse_search(
         resource_type,
@@ -35,8 +38,23 @@ def search_bundle(ctx: FhirContext, resource_type: str, params: list[tuple[str, 
         strict=ctx.prefer("handling") == "strict",
     )
     guard_search(ctx, request)
+    return request
+
+
+def search_bundle(ctx: FhirContext, resource_type: str, params: list[tuple[str, str]]) -> bytes:
+    """Run a search and return the searchset Bundle's JSON bytes."""
+    request = search_request(ctx, resource_type, params)
     result = run_search(ctx.repository, request)
     result.included = filter_included(ctx, result.included)
+    return result_bundle(ctx, params, request, result)
+
+
+def result_bundle(
+    ctx: FhirContext, params: list[tuple[str, str]], request: SearchRequest, result: SearchResult
+) -> bytes:
+    """The searchset Bundle's JSON bytes of ``result``, a page of ``request`` (made from the
+    query parameters ``params``)."""
+    resource_type = request.resource_type
     # Links carry only the parameters the search used (search.html#self): not the ignored ones.
     unused = _NOT_IN_LINKS | set(request.ignored)
     link_params = [(k, v) for k, v in params if k not in unused]

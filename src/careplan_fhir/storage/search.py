@@ -46,6 +46,7 @@ from sqlalchemy import (
     tuple_,
     type_coerce,
 )
+from sqlalchemy.engine import Dialect
 
 from careplan_fhir.errors import InvalidRequest
 from careplan_fhir.fhir.dates import DateFormatError, parse_range, to_naive_utc, utc_now
@@ -995,6 +996,7 @@ def clear_statement_cache() -> None:
     """Forget every cached statement (tests start from an empty cache)."""
     _cached_page.cache_clear()
     _cached_count.cache_clear()
+    _DRIVER_STATEMENTS.clear()
 
 
 class _Statements:
@@ -1059,25 +1061,48 @@ def run_search(repository: Repository, request: SearchRequest) -> SearchResult:
         return SearchResult(
             [], [], statements.count(connection) if wants_total else None, None, None
         )
+    cursor, forward = _paging(request)
+    rows = statements.page(connection, cursor, forward, request.count + 1)
+    total = _total_of_page(request, rows)
+    if total is None and wants_total:
+        total = statements.count(connection)
+    result = _page_result(request, rows, total, forward)
+    result.included = _resolve_includes(repository, request, result.matches)
+    return result
 
+
+def _paging(request: SearchRequest) -> tuple[list[Any] | None, bool]:
+    """The page's cursor (None on a first page) and whether it is read forward."""
     key_count = len(request.sort) + 1  # the sort keys, then pk
     forward = request.before is None
     cursor = request.after if forward else request.before
     if cursor is not None and len(cursor) != key_count:
         raise InvalidRequest("The paging cursor does not belong to this search")
-    rows = statements.page(connection, cursor, forward, request.count + 1)
+    return cursor, forward
+
+
+def _total_of_page(request: SearchRequest, rows: Sequence[Any]) -> int | None:
+    """The total when the page tells it (a first page that holds every match is its own
+    count: no second query); None when a count must run, or none is wanted."""
+    if request.total == "none":
+        return None
+    first_page = request.after is None and request.before is None
+    return len(rows) if first_page and len(rows) <= request.count else None
+
+
+def _page_result(
+    request: SearchRequest, rows: Sequence[Any], total: int | None, forward: bool
+) -> SearchResult:
+    """The page of matches and its cursors from the rows of a page statement (one row more
+    than the page when there is a next one); no included resources yet."""
+    key_count = len(request.sort) + 1
     more = len(rows) > request.count
-    total: int | None = None
-    if wants_total:
-        # A first page that holds every match is its own count: no second query.
-        first_page = request.after is None and request.before is None
-        total = len(rows) if first_page and not more else statements.count(connection)
-    rows = rows[: request.count]
+    rows = list(rows[: request.count])
     if not forward:
         rows.reverse()
     matches = [
         StoredResource(
-            row.pk, row.res_type, row.res_id, row.version, row.last_updated, row.raw, False
+            row.pk, row.res_type, row.res_id, row.version, row.last_updated, bytes(row.raw), False
         )
         for row in rows
     ]
@@ -1090,8 +1115,144 @@ def run_search(repository: Repository, request: SearchRequest) -> SearchResult:
             next_cursor = encode_cursor(cursor_values[-1])
         if (not forward and more) or (forward and request.after is not None):
             previous_cursor = encode_cursor(cursor_values[0])
-    included = _resolve_includes(repository, request, matches)
-    return SearchResult(matches, included, total, next_cursor, previous_cursor)
+    return SearchResult(matches, [], total, next_cursor, previous_cursor)
+
+
+@dataclass(frozen=True)
+class DriverQuery:
+    """A statement as the DB-API driver takes it: its text and its parameters."""
+
+    sql: str
+    parameters: dict[str, Any]
+
+
+class _DriverStatement:
+    """A cached statement compiled once for one dialect, for callers that run it on the
+    driver themselves. ``IN`` lists whose values the statement holds (the compartment's
+    parameters) are written out here, as SQLAlchemy would at each execution; ``usable`` is
+    False when it cannot run as plain text: a list given at execution, an empty one, or
+    parameters that SQLAlchemy converts on the way in."""
+
+    def __init__(self, statement: Any, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self._compiled = compiled
+        sql: str = compiled.string
+        self._lists: dict[str, Any] = {}
+        usable = True
+        for name, bind in compiled.binds.items():
+            if bind.type.bind_processor(dialect) is not None:
+                usable = False
+            if not bind.expanding:
+                continue
+            values = list(bind.value or ())
+            if bind.required or not values:
+                usable = False
+                continue
+            names = [f"{name}_{n}" for n in range(1, len(values) + 1)]
+            sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join(f"%({n})s" for n in names))
+            self._lists.update(zip(names, values, strict=True))
+        self.sql = sql
+        self.usable = usable and "POSTCOMPILE" not in sql
+
+    def query(self, values: dict[str, Any]) -> DriverQuery:
+        parameters = self._compiled.construct_params(values)
+        parameters.update(self._lists)
+        return DriverQuery(self.sql, parameters)
+
+
+#: Cached statements compiled for a dialect, by (dialect, statement): both are held here, so
+#: neither id can be reused while its entry lives. Emptied when it outgrows the cache.
+_DRIVER_STATEMENTS: dict[tuple[int, int], tuple[Any, Any, _DriverStatement]] = {}
+
+
+def _for_driver(statement: Any, dialect: Dialect) -> _DriverStatement:
+    """``statement`` (from the statement cache) compiled for ``dialect``, once."""
+    key = (id(dialect), id(statement))
+    found = _DRIVER_STATEMENTS.get(key)
+    if found is not None:
+        return found[2]
+    if len(_DRIVER_STATEMENTS) >= 4 * STATEMENT_CACHE_SIZE:
+        _DRIVER_STATEMENTS.clear()
+    driver = _DriverStatement(statement, dialect)
+    _DRIVER_STATEMENTS[key] = (dialect, statement, driver)
+    return driver
+
+
+class NotPlannable(Exception):
+    """A planned search turned out to need :func:`run_search` after all."""
+
+
+class SearchPlan:
+    """A search whose statements its caller runs on the driver (the event loop's PostgreSQL
+    connections, rest/fast_paths.py), with the same statements and the same result as
+    :func:`run_search`: :attr:`page`, then :meth:`count_query` when the page does not tell
+    the total, then :meth:`finish`."""
+
+    def __init__(
+        self,
+        request: SearchRequest,
+        page: DriverQuery,
+        criteria: _CriteriaKey,
+        values: dict[str, Any],
+        forward: bool,
+        dialect: Dialect,
+    ) -> None:
+        self.request = request
+        self.page = page
+        self._criteria = criteria
+        self._values = values
+        self._forward = forward
+        self._dialect = dialect
+
+    def count_query(self, rows: Sequence[Any]) -> DriverQuery | None:
+        """The count statement, when a total is wanted and the page's ``rows`` do not tell it.
+        Raises :class:`NotPlannable` when it cannot run as plain text (the caller then runs
+        the search as :func:`run_search` does)."""
+        if self.request.total == "none" or _total_of_page(self.request, rows) is not None:
+            return None
+        statement = _cached_count(self.request.resource_type, self._criteria)
+        driver = _for_driver(statement, self._dialect)
+        if not driver.usable:
+            raise NotPlannable("the count statement cannot run as plain text")
+        return driver.query(self._values)
+
+    def finish(self, rows: Sequence[Any], total: int | None) -> SearchResult:
+        """The result of the page's rows (named columns) and the count's total, if it ran."""
+        if total is None:
+            total = _total_of_page(self.request, rows)
+        return _page_result(self.request, rows, total, self._forward)
+
+
+def plan_search(request: SearchRequest, dialect: Dialect) -> SearchPlan | None:
+    """``request`` as statements for the driver, or None when only :func:`run_search` can run
+    it: the audit trail, included resources (queries that depend on the matches), a count
+    alone, criteria without a cached shape, statements that cannot run as plain text."""
+    if (
+        request.resource_type in OWN_STORAGE
+        or request.includes
+        or request.revincludes
+        or request.summary == "count"
+        or request.count == 0
+    ):
+        return None
+    statements = _Statements(request)
+    if statements.criteria is None:
+        return None
+    cursor, forward = _paging(request)
+    nulls = None if cursor is None else tuple(value is None for value in cursor)
+    statement = _cached_page(
+        request.resource_type, statements.criteria, tuple(request.sort), nulls, forward
+    )
+    page = _for_driver(statement, dialect)
+    if not page.usable:
+        return None
+    values = dict(statements.values, page_size=request.count + 1)
+    for i, value in enumerate(cursor or ()):
+        if value is not None:
+            values[f"c{i}"] = value
+    return SearchPlan(
+        request, page.query(values), statements.criteria, statements.values, forward, dialect
+    )
 
 
 def _cursor_value(value: Any) -> Any:
