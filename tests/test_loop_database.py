@@ -149,9 +149,7 @@ def test_planned_searches_answer_as_the_framework_does(
     patient_id = client.post("/fhir/Patient", json=patient()).json()["id"]
     other_id = client.post("/fhir/Patient", json=patient(gender="male")).json()["id"]
     for day in (3, 1, 5, 2, 4):
-        plan = care_plan(
-            patient_id, period={"start": f"2026-03-0{day}", "end": f"2026-04-0{day}"}
-        )
+        plan = care_plan(patient_id, period={"start": f"2026-03-0{day}", "end": f"2026-04-0{day}"})
         assert client.post("/fhir/CarePlan", json=plan).status_code == 201
     client.post("/fhir/CarePlan", json=care_plan(other_id))
     client.post("/fhir/Task", json=task(patient_id))

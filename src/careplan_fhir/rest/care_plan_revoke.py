@@ -59,5 +59,5 @@ def care_plan_revoke(plan_id: str, ctx: ContextDep, body: BodyDep) -> Response:
     revoked = lifecycle.revoked_plan(plan, format_instant(ctx.services.now()), reason)
     validate_resource(revoked)
     result = update_resource(ctx, revoked, plan_id, current.version)
-    ctx.connection.commit()
+    ctx.commit()
     return write_response(ctx, result)

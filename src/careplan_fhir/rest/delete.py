@@ -34,7 +34,7 @@ def delete(resource_type: str, resource_id: str, ctx: ContextDep) -> Response:
     if_match = if_match_version(ctx)
     ctx.begin_write()
     result = delete_resource(ctx, resource_type, resource_id, if_match)
-    ctx.connection.commit()
+    ctx.commit()
     return write_response(ctx, result)
 
 
@@ -49,5 +49,5 @@ def delete_conditional(resource_type: str, ctx: ContextDep) -> Response:
         result = WriteResult(200, None, f"No {resource_type} matched; nothing deleted")
     else:
         result = delete_resource(ctx, resource_type, matches[0].id)
-    ctx.connection.commit()
+    ctx.commit()
     return write_response(ctx, result)

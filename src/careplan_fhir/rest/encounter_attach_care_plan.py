@@ -136,5 +136,5 @@ def encounter_attach_care_plan(encounter_id: str, ctx: ContextDep, body: BodyDep
     outcome = attach_care_plan(
         ctx.repository, request, now=ctx.services.now(), new_id=ctx.services.new_id
     )
-    ctx.connection.commit()
+    ctx.commit()
     return attach_response(ctx, outcome)

@@ -81,7 +81,7 @@ def patch(resource_type: str, resource_id: str, ctx: ContextDep, body: BodyDep) 
     if_match = if_match_version(ctx)
     ctx.begin_write()
     result = patch_resource(ctx, resource_type, resource_id, operations, if_match)
-    ctx.connection.commit()
+    ctx.commit()
     return write_response(ctx, result)
 
 
@@ -97,5 +97,5 @@ def patch_conditional(resource_type: str, ctx: ContextDep, body: BodyDep) -> Res
             f"Conditional patch criteria match {len(matches)} {resource_type} resources; need 1"
         )
     result = patch_resource(ctx, resource_type, matches[0].id, operations, if_match)
-    ctx.connection.commit()
+    ctx.commit()
     return write_response(ctx, result)

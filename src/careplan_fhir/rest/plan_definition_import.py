@@ -255,7 +255,7 @@ def plan_definition_import(ctx: ContextDep, body: BodyDep) -> Response:
     require_unrestricted(ctx, "create", IMPORTED_TYPES, "$import")
     request = read_import_request(body, ctx.header("content-type"), dict(ctx.request.query_params))
     stored = import_guidance(ctx, request)
-    ctx.connection.commit()
+    ctx.commit()
     plan = stored[0]
     headers = resource_headers(plan)
     headers["Location"] = ctx.url_of(plan, versioned=True)
