@@ -30,26 +30,12 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, event
 
-from .tables import (
-    DateIndexRow,
-    QuantityIndexRow,
-    ReferenceIndexRow,
-    StringIndexRow,
-    TokenIndexRow,
-    UriIndexRow,
-)
+from .tables import INDEX_TABLE_BY_KIND
 
 #: Primary keys drawn from the sequence at a time (unused ones are gaps, as after a rollback).
 BLOCK = 200
 
-_KINDS = {
-    "token": TokenIndexRow,
-    "string": StringIndexRow,
-    "reference": ReferenceIndexRow,
-    "date": DateIndexRow,
-    "uri": UriIndexRow,
-    "quantity": QuantityIndexRow,
-}
+_KINDS = INDEX_TABLE_BY_KIND
 #: PostgreSQL type of each index column in json_to_recordset (the migrations' column types).
 _COLUMN_TYPES = {"value": "float8", "low": "timestamp", "high": "timestamp"}
 

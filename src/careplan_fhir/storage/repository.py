@@ -31,24 +31,12 @@ from .audit_log import AUDIT_TYPE, AuditLog
 from .indexing import IndexEntries, extract_index_entries
 from .pending_creates import PendingCreates
 from .tables import (
-    DateIndexRow,
-    QuantityIndexRow,
-    ReferenceIndexRow,
+    INDEX_TABLE_BY_KIND,
     ResourceRow,
     ResourceVersionRow,
-    StringIndexRow,
-    TokenIndexRow,
-    UriIndexRow,
 )
 
-_INDEX_TABLE_BY_KIND = {
-    "token": TokenIndexRow,
-    "string": StringIndexRow,
-    "reference": ReferenceIndexRow,
-    "date": DateIndexRow,
-    "uri": UriIndexRow,
-    "quantity": QuantityIndexRow,
-}
+_INDEX_TABLE_BY_KIND = INDEX_TABLE_BY_KIND
 
 _resource = ResourceRow.__table__  # type: ignore[attr-defined]
 _version = ResourceVersionRow.__table__  # type: ignore[attr-defined]

@@ -258,6 +258,17 @@ class AuditEventRow(SQLModel, table=True):
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
+#: The search-index table of each kind of index entry (storage/indexing.py ``IndexEntries``).
+INDEX_TABLE_BY_KIND: dict[str, type[SQLModel]] = {
+    "token": TokenIndexRow,
+    "string": StringIndexRow,
+    "reference": ReferenceIndexRow,
+    "date": DateIndexRow,
+    "uri": UriIndexRow,
+    "quantity": QuantityIndexRow,
+}
+
+
 class AuditEventKeyRow(SQLModel, table=True):
     """A repeating search value of an AuditEvent: ``name`` is the search parameter.
 
