@@ -62,6 +62,12 @@ class Services:
     #: The audit trail's database when it is not the main one (Settings.audit_database_url).
     audit_engine: Engine | None = None
 
+    def loop_database_here(self) -> LoopDatabase | None:
+        """The loop database, when work may be awaited on it from here (PostgreSQL, on the
+        event loop its lifespan started on); None means the thread pool."""
+        database = self.loop_database
+        return database if database is not None and database.usable() else None
+
 
 class FhirContext:
     """One request's view of the server.

@@ -179,10 +179,9 @@ class FastPaths:
         context = FhirContext(request, self.services)
         context.read_only = True
         try:
-            database = self.services.loop_database
+            database = self.services.loop_database_here()
             own_audit = parts[0] == AUDIT_TYPE and self.services.audit_engine is not None
-            response = None
-            if database is not None and database.usable() and not own_audit:
+            if database is not None and not own_audit:
                 response = await self._search_planned(database, parts[0], context)
                 if response is None:
                     response = await database.run(_search_on, parts[0], context, read_only=True)
@@ -270,8 +269,8 @@ class FastPaths:
         whose lifespan has not run, or a request on another event loop)."""
         if self.inline:
             return self._lookup(resource_type, resource_id)
-        database = self.services.loop_database
-        if database is not None and database.usable():
+        database = self.services.loop_database_here()
+        if database is not None:
             row = await database.lookup(resource_type, resource_id)
             return None if row is None else _stored(resource_type, resource_id, row)
         return await to_thread.run_sync(self._lookup, resource_type, resource_id)

@@ -55,6 +55,7 @@ from careplan_fhir.storage.pending_creates import PendingCreates, PrimaryKeys, h
 from .context import FhirContext, Services, check_resource, parse_document
 from .create import create_resource
 from .errors import outcome_response
+from .loop_database import LoopDatabase
 from .write_result import WriteResult, write_response
 
 logger = logging.getLogger(__name__)
@@ -148,20 +149,18 @@ class GroupCommit:
                     first.busy_since = loop.time()
                 if loop.time() - first.busy_since < BUSY_PATIENCE_SECONDS:
                     return False
-        database = self.services.loop_database
-        if database is not None and database.usable():
+        database = self.services.loop_database_here()
+        if database is not None:
             self.on_loop += 1
-            asyncio.ensure_future(self._run_on_loop(group))
+            asyncio.ensure_future(self._run_on_loop(database, group))
             return True
         self.in_thread += 1
         asyncio.ensure_future(self._run_in_thread(group))
         return True
 
-    async def _run_on_loop(self, group: list[_Pending]) -> None:
+    async def _run_on_loop(self, database: LoopDatabase, group: list[_Pending]) -> None:
         """PostgreSQL: the group on a connection of the loop database (rest/loop_database.py),
         its statements awaited on the loop."""
-        database = self.services.loop_database
-        assert database is not None
         try:
             await database.run(self._run_on, group, True)
         except Exception:  # noqa: BLE001 - nothing committed: the framework runs each create
