@@ -35,20 +35,24 @@ from .tables import INDEX_TABLE_BY_KIND
 #: Primary keys drawn from the sequence at a time (unused ones are gaps, as after a rollback).
 BLOCK = 200
 
-_KINDS = INDEX_TABLE_BY_KIND
-#: PostgreSQL type of each index column in json_to_recordset (the migrations' column types).
-_COLUMN_TYPES = {"value": "float8", "low": "timestamp", "high": "timestamp"}
+#: PostgreSQL type of each index column that is not text (the migrations' column types).
+COLUMN_TYPES = {"value": "float8", "low": "timestamp", "high": "timestamp"}
 
 
-def _index_columns() -> dict[str, tuple[str, ...]]:
-    return {
-        kind: tuple(
-            c.name
-            for c in table.__table__.columns  # type: ignore[attr-defined]
-            if c.name not in ("pk", "resource_pk", "res_type")
-        )
-        for kind, table in _KINDS.items()
-    }
+def column_type(name: str) -> str:
+    """The PostgreSQL type of the index column ``name`` (of :data:`INDEX_COLUMNS`)."""
+    return COLUMN_TYPES.get(name, "varchar")
+
+
+#: The value columns of each kind's index table: all but its key, resource key and type.
+INDEX_COLUMNS: dict[str, tuple[str, ...]] = {
+    kind: tuple(
+        c.name
+        for c in table.__table__.columns  # type: ignore[attr-defined]
+        if c.name not in ("pk", "resource_pk", "res_type")
+    )
+    for kind, table in INDEX_TABLE_BY_KIND.items()
+}
 
 
 def _statement(columns: dict[str, tuple[str, ...]]) -> str:
@@ -64,8 +68,8 @@ def _statement(columns: dict[str, tuple[str, ...]]) -> str:
         " last_updated, method, raw) SELECT pk, t, i, 1, u, 'POST', raw FROM d)",
     ]
     for kind, names in columns.items():
-        table = _KINDS[kind].__table__.name  # type: ignore[attr-defined]
-        declared = ", ".join(f"{c} {_COLUMN_TYPES.get(c, 'varchar')}" for c in names)
+        table = INDEX_TABLE_BY_KIND[kind].__table__.name  # type: ignore[attr-defined]
+        declared = ", ".join(f"{c} {column_type(c)}" for c in names)
         parts.append(
             f", x_{kind} AS (INSERT INTO {table} (resource_pk, res_type, {', '.join(names)})"
             f" SELECT p, t, {', '.join(names)} FROM json_to_recordset(%({kind})s::json)"
@@ -75,8 +79,7 @@ def _statement(columns: dict[str, tuple[str, ...]]) -> str:
     return "".join(parts)
 
 
-_COLUMNS = _index_columns()
-_SQL = _statement(_COLUMNS)
+_SQL = _statement(INDEX_COLUMNS)
 _DRAW = "SELECT nextval(pg_get_serial_sequence('resource', 'pk')) FROM generate_series(1, %s)"
 
 
@@ -149,7 +152,7 @@ class PendingCreates:
         self.keys = keys
         self._resources: list[dict[str, Any]] = []
         self._raws: list[bytes] = []
-        self._index: dict[str, list[dict[str, Any]]] = {kind: [] for kind in _COLUMNS}
+        self._index: dict[str, list[dict[str, Any]]] = {kind: [] for kind in INDEX_COLUMNS}
         #: Statements sent (tests, benchmarks).
         self.flushes = 0
 
@@ -197,7 +200,7 @@ class PendingCreates:
         for kind, rows in self._index.items():
             parameters[kind] = orjson.dumps(rows).decode()
         self._resources, self._raws = [], []
-        self._index = {kind: [] for kind in _COLUMNS}
+        self._index = {kind: [] for kind in INDEX_COLUMNS}
         self.flushes += 1
         try:
             _, committed = _execute(connection, _SQL, parameters, alone=last)

@@ -29,14 +29,12 @@ from careplan_fhir.fhir.dates import format_instant
 
 from .audit_log import AUDIT_TYPE, AuditLog
 from .indexing import IndexEntries, extract_index_entries
-from .pending_creates import PendingCreates
+from .pending_creates import INDEX_COLUMNS, PendingCreates, column_type
 from .tables import (
     INDEX_TABLE_BY_KIND,
     ResourceRow,
     ResourceVersionRow,
 )
-
-_INDEX_TABLE_BY_KIND = INDEX_TABLE_BY_KIND
 
 _resource = ResourceRow.__table__  # type: ignore[attr-defined]
 _version = ResourceVersionRow.__table__  # type: ignore[attr-defined]
@@ -65,13 +63,13 @@ _FIND = select(
 ).where(_resource.c.res_type == bindparam("b_type"), _resource.c.res_id == bindparam("b_id"))
 _INSERT_INDEX = {
     kind: insert(table.__table__)  # type: ignore[attr-defined]
-    for kind, table in _INDEX_TABLE_BY_KIND.items()
+    for kind, table in INDEX_TABLE_BY_KIND.items()
 }
 _CLEAR_INDEX = [
     delete(table.__table__).where(  # type: ignore[attr-defined]
         table.__table__.c.resource_pk == bindparam("b_pk")  # type: ignore[attr-defined]
     )
-    for table in _INDEX_TABLE_BY_KIND.values()
+    for table in INDEX_TABLE_BY_KIND.values()
 ]
 
 
@@ -580,7 +578,7 @@ class _SqliteCreate:
             " last_updated, method, raw) VALUES (?, ?, ?, ?, ?, ?, ?)"
         )
         self._index: dict[str, tuple[str, tuple[str, ...]]] = {}
-        for kind, table in _INDEX_TABLE_BY_KIND.items():
+        for kind, table in INDEX_TABLE_BY_KIND.items():
             sql_table = table.__table__  # type: ignore[attr-defined]
             columns = tuple(c.name for c in sql_table.columns if c.name != "pk")
             sql = (
@@ -689,9 +687,6 @@ class _PostgresCreate:
     tables, same values, same transaction (the connection's, begun by SQLAlchemy).
     """
 
-    #: PostgreSQL array type of each index column (the migrations' column types).
-    _ARRAY_TYPES = {"value": "float8[]", "low": "timestamp[]", "high": "timestamp[]"}
-
     def __init__(self) -> None:
         parts = [
             "WITH r AS (INSERT INTO resource (res_type, res_id, version, last_updated, deleted,"
@@ -701,16 +696,10 @@ class _PostgresCreate:
             " last_updated, method, raw) SELECT pk, %(t)s, %(i)s, 1, %(u)s, 'POST', %(raw)s"
             " FROM r)",
         ]
-        self._columns: dict[str, tuple[str, ...]] = {}
-        for kind, table in _INDEX_TABLE_BY_KIND.items():
-            sql_table = table.__table__  # type: ignore[attr-defined]
-            columns = tuple(
-                c.name for c in sql_table.columns if c.name not in ("pk", "resource_pk", "res_type")
-            )
-            self._columns[kind] = columns
-            arrays = ", ".join(
-                f"%({kind}_{c})s::{self._ARRAY_TYPES.get(c, 'varchar[]')}" for c in columns
-            )
+        self._columns = INDEX_COLUMNS
+        for kind, columns in INDEX_COLUMNS.items():
+            sql_table = INDEX_TABLE_BY_KIND[kind].__table__  # type: ignore[attr-defined]
+            arrays = ", ".join(f"%({kind}_{c})s::{column_type(c)}[]" for c in columns)
             parts.append(
                 f", x_{kind} AS (INSERT INTO {sql_table.name} (resource_pk, res_type,"
                 f" {', '.join(columns)}) SELECT r.pk, %(t)s, u.* FROM r,"
@@ -757,13 +746,13 @@ _COLUMNS = {
         ("resource_version", _version),
         *[
             (t.__table__.name, t.__table__)  # type: ignore[attr-defined]
-            for t in _INDEX_TABLE_BY_KIND.values()
+            for t in INDEX_TABLE_BY_KIND.values()
         ],
     ]
 }
 _TABLE_OF_KIND = {
     kind: table.__table__.name  # type: ignore[attr-defined]
-    for kind, table in _INDEX_TABLE_BY_KIND.items()
+    for kind, table in INDEX_TABLE_BY_KIND.items()
 }
 
 
